@@ -1,0 +1,1 @@
+"""Clinical facts derived once per request from the patient's FHIR data."""

@@ -1,0 +1,775 @@
+"""From a patient's validated FHIR resources to ``PatientFacts``.
+
+Every threshold and code list comes from ``cards/`` (facts.yaml and the value sets); this module
+only knows how FHIR records dates, statuses, laterality and muscle grades.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from cds_service.facts.model import (
+    Finding,
+    LabValue,
+    OrderRecord,
+    PatientFacts,
+    Side,
+    StrengthGrade,
+)
+from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.loader import Knowledge
+from cds_service.knowledge.valuesets import CompiledValueSet
+
+INACTIVE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
+NEGATIVE_VALUE = re.compile(r"(?i)^\s*(no|none|absent|negative|not present|denies|false)\b")
+_GRADE_TEXT = re.compile(r"^\s*(?:MRC\s*)?([0-5])\s*([+-]?)\s*(?:/\s*5)?\s*$", re.IGNORECASE)
+_SIDE_TEXT = (
+    (re.compile(r"(?i)\b(bilateral|both)\b"), Side.BILATERAL),
+    (re.compile(r"(?i)\bleft\b|\(L\)|\bLT\b"), Side.LEFT),
+    (re.compile(r"(?i)\bright\b|\(R\)|\bRT\b"), Side.RIGHT),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# FHIR reading helpers
+# --------------------------------------------------------------------------------------------
+def parse_fhir_datetime(value: Any) -> datetime | None:
+    """FHIR date/dateTime/instant (YYYY, YYYY-MM, YYYY-MM-DD, or full) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 4:
+            return datetime(int(text), 1, 1, tzinfo=UTC)
+        if len(text) == 7:
+            return datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def concept_label(concept: Any) -> str:
+    if not isinstance(concept, Mapping):
+        return "unnamed"
+    if isinstance(concept.get("text"), str) and concept["text"].strip():
+        return concept["text"].strip()
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, Mapping) and coding.get("display"):
+            return str(coding["display"])
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, Mapping) and coding.get("code"):
+            return str(coding["code"])
+    return "unnamed"
+
+
+_SYSTEM_NAMES = {
+    "http://hl7.org/fhir/sid/icd-10-cm": "ICD-10-CM",
+    "http://snomed.info/sct": "SNOMED CT",
+    "http://loinc.org": "LOINC",
+    "http://www.ama-assn.org/go/cpt": "CPT",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
+    "http://hl7.org/fhir/sid/ndc": "NDC",
+}
+
+
+def coded_label(concept: Any, valueset: CompiledValueSet | None = None) -> str:
+    """'Foot drop, left foot (ICD-10-CM M21.372)': the text plus the code that matched."""
+    label = concept_label(concept)
+    codings = list(valueset.matching_codings(concept)) if valueset else []
+    if not codings and isinstance(concept, Mapping):
+        codings = [c for c in concept.get("coding") or () if isinstance(c, Mapping)][:1]
+    for coding in codings:
+        system = _SYSTEM_NAMES.get(str(coding.get("system")), "code")
+        code = coding.get("code")
+        if code and str(code) not in label:
+            return f"{label} ({system} {code})"
+    return label
+
+
+def _status_code(concept: Any) -> str | None:
+    if isinstance(concept, Mapping):
+        for coding in concept.get("coding") or ():
+            if isinstance(coding, Mapping) and coding.get("code"):
+                return str(coding["code"])
+    return None
+
+
+def condition_is_active(condition: Mapping[str, Any]) -> bool:
+    if _status_code(condition.get("verificationStatus")) in INACTIVE_VERIFICATION:
+        return False
+    clinical = _status_code(condition.get("clinicalStatus"))
+    if clinical is None:
+        # No clinical status: active unless an abatement says it ended.
+        return not any(k.startswith("abatement") for k in condition)
+    return clinical in ACTIVE_CLINICAL
+
+
+def condition_is_history(condition: Mapping[str, Any]) -> bool:
+    """Any record that is not refuted or entered in error, resolved included."""
+    return _status_code(condition.get("verificationStatus")) not in INACTIVE_VERIFICATION
+
+
+def condition_onset(condition: Mapping[str, Any]) -> datetime | None:
+    return (
+        parse_fhir_datetime(condition.get("onsetDateTime"))
+        or parse_fhir_datetime((condition.get("onsetPeriod") or {}).get("start"))
+        or parse_fhir_datetime(condition.get("recordedDate"))
+    )
+
+
+def observation_time(obs: Mapping[str, Any]) -> datetime | None:
+    return (
+        parse_fhir_datetime(obs.get("effectiveDateTime"))
+        or parse_fhir_datetime((obs.get("effectivePeriod") or {}).get("start"))
+        or parse_fhir_datetime(obs.get("effectiveInstant"))
+        or parse_fhir_datetime(obs.get("issued"))
+    )
+
+
+def _reference(resource: Mapping[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id', 'unidentified')}"
+
+
+# --------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Dated:
+    finding: Finding
+    moment: datetime | None
+    side: Side
+
+
+class FactExtractor:
+    """Compiled once from the knowledge; ``extract`` runs per request."""
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.knowledge = knowledge
+        t = knowledge.thresholds
+        self.t = t
+        self.vs = knowledge.valueset
+        self.condition_facts: dict[str, tuple[CompiledValueSet, ...]] = {
+            fact: tuple(self.vs(v) for v in sets) for fact, sets in t["condition_facts"].items()
+        }
+        self.history_facts = {
+            fact: tuple(self.vs(v) for v in sets) for fact, sets in t["history_facts"].items()
+        }
+        self.ces_signs = tuple(self.vs(v) for v in t["cauda_equina_signs"])
+        self.text_only = frozenset(t["text_only_findings"])
+        self.muscles = tuple(self.vs(v) for v in t["muscle_groups"])
+        self.dorsiflexion = t["dorsiflexion_group"]
+        self.order_sets = tuple(self.vs(v) for v in t["order_categories"])
+        self.lab_sets = tuple(self.vs(v) for v in t["lab_categories"])
+        self.side_sets = (
+            (self.vs("body-site-bilateral"), Side.BILATERAL),
+            (self.vs("body-site-left"), Side.LEFT),
+            (self.vs("body-site-right"), Side.RIGHT),
+        )
+        self.laterality_codes: Mapping[str, Mapping[str, str]] = t.get("laterality_codes", {})
+        self.not_strength = re.compile(t["not_strength_pattern"])
+        self.grade_units = frozenset(u.lower() for u in t["grade_units"])
+        self.observation_sets = (
+            self.muscles + self.lab_sets + self.ces_signs
+            + tuple(s for sets in self.condition_facts.values() for s in sets)
+        )
+
+    # -- relevance filter (runs on raw dicts before validation) ---------------------------------
+    def is_relevant(self, resource: Mapping[str, Any]) -> bool:
+        """Cheap check that a resource could matter to a rule, so the rest is never parsed."""
+        if resource.get("resourceType") != "Observation":
+            return True
+        code = resource.get("code")
+        return any(vs.matches_concept(code) for vs in self.observation_sets)
+
+    # -- main entry -----------------------------------------------------------------------------
+    def extract(self, record: PatientRecord, now: datetime) -> PatientFacts:
+        return _Extraction(self, record, now).facts
+
+
+class _Extraction:
+    def __init__(self, ex: FactExtractor, record: PatientRecord, now: datetime) -> None:
+        self.ex = ex
+        self.t = ex.t
+        self.record = record
+        self.now = now
+        self.findings: dict[str, list[Any]] = {}
+        self.values: dict[str, Any] = {}
+
+    def recent(self, moment: datetime | date | None) -> bool:
+        if moment is None:
+            return False
+        moment_day = moment.date() if isinstance(moment, datetime) else moment
+        age = (self.now.date() - moment_day).days
+        return -1 <= age <= int(self.t["red_flag_recent_days"])
+
+    # -- sides ----------------------------------------------------------------------------------
+    def side_of(self, resource: Mapping[str, Any], concept: Any) -> Side:
+        for coding in (concept or {}).get("coding") or ():
+            by_system = self.ex.laterality_codes.get(str(coding.get("system")), {})
+            side = by_system.get(str(coding.get("code")))
+            if side:
+                return Side(side)
+        sites = resource.get("bodySite")
+        site_list = sites if isinstance(sites, list) else [sites] if sites else []
+        for site in site_list:
+            for valueset, side in self.ex.side_sets:
+                if valueset.matches_concept(site):
+                    return side
+            side = _side_from_text(concept_label(site))
+            if side is not Side.UNKNOWN:
+                return side
+        return _side_from_text(concept_label(concept))
+
+    # -- conditions -----------------------------------------------------------------------------
+    @cached_property
+    def condition_matches(self) -> dict[str, list[_Dated]]:
+        matches: dict[str, list[_Dated]] = {}
+        for condition in self.record.of("Condition"):
+            code = condition.get("code")
+            active = condition_is_active(condition)
+            history = condition_is_history(condition)
+            onset = condition_onset(condition)
+            notes = " ".join(
+                n.get("text", "") for n in condition.get("note") or () if isinstance(n, Mapping)
+            )
+            for fact, sets in self.ex.condition_facts.items():
+                for vs in sets:
+                    hit = vs.matches_concept(code) or (
+                        vs.id in self.ex.text_only and vs.matches_text(notes)
+                    )
+                    if hit and active:
+                        matches.setdefault(fact, []).append(self._dated(condition, code, vs, onset))
+                        break
+            for fact, sets in self.ex.history_facts.items():
+                for vs in sets:
+                    if history and vs.matches_concept(code):
+                        matches.setdefault(fact, []).append(self._dated(condition, code, vs, onset))
+                        break
+            if active:
+                for vs in self.ex.ces_signs:
+                    if vs.matches_concept(code) or (
+                        vs.id in self.ex.text_only and vs.matches_text(notes)
+                    ):
+                        matches.setdefault("ces_sign", []).append(
+                            self._dated(condition, code, vs, onset)
+                        )
+                        break
+        # Positive Observations of the same findings (e.g. a symptom checklist).
+        for obs in self.record.of("Observation"):
+            if not self._observation_positive(obs):
+                continue
+            code = obs.get("code")
+            moment = observation_time(obs)
+            value_text = obs.get("valueString") if isinstance(obs.get("valueString"), str) else ""
+            for vs in self.ex.ces_signs:
+                if vs.matches_concept(code) or (
+                    vs.id in self.ex.text_only and vs.matches_text(value_text)
+                ):
+                    matches.setdefault("ces_sign", []).append(self._dated(obs, code, vs, moment))
+                    break
+            for fact, sets in self.ex.condition_facts.items():
+                for vs in sets:
+                    if vs.id in self.ex.text_only and (
+                        vs.matches_concept(code) or vs.matches_text(value_text)
+                    ):
+                        matches.setdefault(fact, []).append(self._dated(obs, code, vs, moment))
+                        break
+        return matches
+
+    def _dated(
+        self, resource: Mapping[str, Any], code: Any, vs: CompiledValueSet, moment: datetime | None
+    ) -> _Dated:
+        finding = Finding(
+            label=coded_label(code, vs),
+            reference=_reference(resource),
+            when=moment.date() if moment else None,
+        )
+        return _Dated(finding, moment, self.side_of(resource, code))
+
+    def _observation_positive(self, obs: Mapping[str, Any]) -> bool:
+        if obs.get("status") not in self.t["observation_statuses"]:
+            return False
+        if obs.get("valueBoolean") is False:
+            return False
+        value_concept = obs.get("valueCodeableConcept")
+        if value_concept is not None and NEGATIVE_VALUE.search(concept_label(value_concept)):
+            return False
+        value_string = obs.get("valueString")
+        return not (isinstance(value_string, str) and NEGATIVE_VALUE.search(value_string))
+
+    # -- strength -------------------------------------------------------------------------------
+    @cached_property
+    def strength(self) -> dict[str, list[StrengthGrade]]:
+        grades: dict[str, list[StrengthGrade]] = {}
+        for obs in self.record.of("Observation"):
+            if obs.get("status") not in self.t["observation_statuses"]:
+                continue
+            code = obs.get("code")
+            if self.ex.not_strength.search(concept_label(code)):
+                continue
+            muscle = next((vs.id for vs in self.ex.muscles if vs.matches_concept(code)), None)
+            if muscle is None:
+                continue
+            parsed = self._grade(obs)
+            moment = observation_time(obs)
+            if parsed is None or moment is None:
+                continue
+            grade, recorded_as = parsed
+            grades.setdefault(muscle, []).append(
+                StrengthGrade(
+                    muscle=muscle,
+                    side=self.side_of(obs, code),
+                    grade=grade,
+                    recorded_as=recorded_as,
+                    when=moment,
+                    reference=_reference(obs),
+                )
+            )
+        for series in grades.values():
+            series.sort(key=lambda g: g.when)
+        return grades
+
+    def _grade(self, obs: Mapping[str, Any]) -> tuple[float, str] | None:
+        if isinstance(obs.get("valueInteger"), int):
+            value = float(obs["valueInteger"])
+            return (value, f"{value:g}/5") if 0 <= value <= 5 else None
+        quantity = obs.get("valueQuantity")
+        if isinstance(quantity, Mapping) and isinstance(quantity.get("value"), int | float):
+            unit = str(quantity.get("code") or quantity.get("unit") or "").lower()
+            if unit not in self.ex.grade_units:
+                return None
+            value = float(quantity["value"])
+            return (value, f"{value:g}/5") if 0 <= value <= 5 else None
+        text = obs.get("valueString")
+        if not isinstance(text, str) and isinstance(obs.get("valueCodeableConcept"), Mapping):
+            concept = obs["valueCodeableConcept"]
+            text = concept.get("text") or next(
+                (c.get("code") for c in concept.get("coding") or () if c.get("code")), None
+            )
+        if isinstance(text, str):
+            match = _GRADE_TEXT.match(text)
+            if match:
+                base = float(match.group(1))
+                modifier = {"+": 1 / 3, "-": -1 / 3}.get(match.group(2), 0.0)
+                value = min(5.0, max(0.0, base + modifier))
+                return value, f"{match.group(1)}{match.group(2)}/5"
+        return None
+
+    def latest_by_side(self, muscle: str) -> dict[Side, StrengthGrade]:
+        latest: dict[Side, StrengthGrade] = {}
+        for grade in self.strength.get(muscle, ()):
+            latest[grade.side] = grade  # series is sorted, so the last one wins
+        return latest
+
+    # -- orders, procedures, reports ------------------------------------------------------------
+    @cached_property
+    def done(self) -> list[OrderRecord]:
+        t = self.t
+        records: list[OrderRecord] = []
+
+        def add(resource: Mapping[str, Any], concept: Any, status: str, performed: bool,
+                moment: datetime | None, priority: str | None) -> None:
+            for vs in self.ex.order_sets:
+                if vs.matches_concept(concept):
+                    records.append(
+                        OrderRecord(
+                            category=vs.id,
+                            resource_type=str(resource.get("resourceType")),
+                            reference=_reference(resource),
+                            status=status,
+                            label=coded_label(concept, vs),
+                            priority=priority,
+                            when=moment.date() if moment else None,
+                            performed=performed,
+                        )
+                    )
+
+        for sr in self.record.of("ServiceRequest"):
+            status = str(sr.get("status"))
+            if status in t["order_statuses_ordered"]:
+                add(sr, sr.get("code"), status, status in t["order_statuses_performed"],
+                    parse_fhir_datetime(sr.get("authoredOn"))
+                    or parse_fhir_datetime(sr.get("occurrenceDateTime")),
+                    sr.get("priority"))
+        for dr in self.record.of("DeviceRequest"):
+            status = str(dr.get("status"))
+            if status in t["order_statuses_ordered"]:
+                add(dr, dr.get("codeCodeableConcept"), status,
+                    status in t["order_statuses_performed"],
+                    parse_fhir_datetime(dr.get("authoredOn")), dr.get("priority"))
+        for proc in self.record.of("Procedure"):
+            status = str(proc.get("status"))
+            moment = parse_fhir_datetime(proc.get("performedDateTime")) or parse_fhir_datetime(
+                (proc.get("performedPeriod") or {}).get("start")
+            )
+            if status in t["procedure_statuses_done"]:
+                add(proc, proc.get("code"), status, True, moment, None)
+        for report in self.record.of("DiagnosticReport"):
+            status = str(report.get("status"))
+            if status in t["report_statuses_final"]:
+                moment = (
+                    parse_fhir_datetime(report.get("effectiveDateTime"))
+                    or parse_fhir_datetime((report.get("effectivePeriod") or {}).get("start"))
+                    or parse_fhir_datetime(report.get("issued"))
+                )
+                add(report, report.get("code"), status, True, moment, None)
+        for study in self.record.of("ImagingStudy"):
+            moment = parse_fhir_datetime(study.get("started"))
+            concepts = list(study.get("procedureCode") or ())
+            if study.get("description"):
+                concepts.append({"text": study["description"]})
+            for concept in concepts:
+                before = len(records)
+                add(study, concept, str(study.get("status")), True, moment, None)
+                if len(records) > before:
+                    break
+        for med in self.record.of("MedicationRequest"):
+            status = str(med.get("status"))
+            if status in t["medication_statuses_current"]:
+                concept = med.get("medicationCodeableConcept") or {
+                    "text": (med.get("medicationReference") or {}).get("display", "")
+                }
+                add(med, concept, status, False, parse_fhir_datetime(med.get("authoredOn")),
+                    med.get("priority"))
+        return records
+
+    def of_category(self, category: str) -> list[OrderRecord]:
+        return [r for r in self.done if r.category == category]
+
+    # -- labs -----------------------------------------------------------------------------------
+    @cached_property
+    def labs(self) -> list[LabValue]:
+        values: list[LabValue] = []
+        for obs in self.record.of("Observation"):
+            if obs.get("status") not in self.t["observation_statuses"]:
+                continue
+            quantity = obs.get("valueQuantity")
+            if not isinstance(quantity, Mapping) or not isinstance(
+                quantity.get("value"), int | float
+            ):
+                continue
+            moment = observation_time(obs)
+            if moment is None:
+                continue
+            for vs in self.ex.lab_sets:
+                if vs.matches_concept(obs.get("code")):
+                    values.append(
+                        LabValue(
+                            kind=vs.id,
+                            value=float(quantity["value"]),
+                            unit=str(quantity.get("unit") or quantity.get("code") or ""),
+                            when=moment,
+                            reference=_reference(obs),
+                        )
+                    )
+                    break
+        values.sort(key=lambda v: v.when)
+        return values
+
+    # -- assemble -------------------------------------------------------------------------------
+    @cached_property
+    def facts(self) -> PatientFacts:
+        v = self.values
+        f = self.findings
+        matches = self.condition_matches
+
+        for fact in self.ex.condition_facts:
+            hits = matches.get(fact, [])
+            v[fact] = bool(hits)
+            if hits:
+                f[fact] = [h.finding for h in hits]
+        for fact in self.ex.history_facts:
+            hits = matches.get(fact, [])
+            v[fact] = bool(hits)
+            if hits:
+                f[fact] = [h.finding for h in hits]
+
+        self._foot_drop(matches)
+        self._causes()
+        self._red_flags(matches)
+        self._already_done()
+        self._renal()
+        v["age_years"] = self._age()
+
+        return PatientFacts(
+            patient_id=self.record.patient_id,
+            now=self.now,
+            findings={k: tuple(items) for k, items in f.items()},
+            done=tuple(self.done),
+            labs=tuple(self.labs),
+            **v,
+        )
+
+    def _age(self) -> int | None:
+        patient = self.record.patient or {}
+        born = parse_fhir_datetime(patient.get("birthDate"))
+        if born is None:
+            return None
+        today = self.now.date()
+        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        return years
+
+    def _foot_drop(self, matches: Mapping[str, list[_Dated]]) -> None:
+        t, v, f = self.t, self.values, self.findings
+        max_grade = float(t["foot_drop_max_grade"])
+        grades = self.strength.get(self.ex.dorsiflexion, [])
+        latest = self.latest_by_side(self.ex.dorsiflexion)
+
+        # Evidence per side: active foot-drop Conditions, and sides whose latest grade is weak.
+        side_dates: dict[Side, datetime | None] = {}
+        evidence: list[Any] = []
+        for hit in matches.get("has_foot_drop", []):
+            evidence.append(hit.finding)
+            side_dates[hit.side] = _earliest(side_dates.get(hit.side, hit.moment), hit.moment)
+        weak_latest = {side: g for side, g in latest.items() if g.grade <= max_grade}
+        for side, grade in weak_latest.items():
+            run_start = grade.when
+            for earlier in reversed([g for g in grades if g.side == side and g.when < grade.when]):
+                if earlier.grade > max_grade:
+                    break
+                run_start = earlier.when
+            side_dates[side] = _earliest(side_dates.get(side, run_start), run_start)
+            evidence.append(grade)
+
+        v["has_foot_drop"] = bool(side_dates)
+        v["dorsiflexion_grades"] = tuple(grades)
+        if latest:
+            v["dorsiflexion_latest_grade"] = min(g.grade for g in latest.values())
+        if evidence:
+            f["has_foot_drop"] = evidence
+        if grades:
+            f["dorsiflexion_grades"] = grades
+
+        sides = set(side_dates)
+        known = sides - {Side.UNKNOWN}
+        if Side.BILATERAL in known or {Side.LEFT, Side.RIGHT} <= known:
+            side = Side.BILATERAL
+        elif len(known) == 1:
+            side = next(iter(known))
+        else:
+            side = Side.UNKNOWN
+        v["foot_drop_side"] = side.value
+        dates = [d for d in side_dates.values() if d is not None]
+        if dates:
+            onset = min(dates).date()
+            v["foot_drop_onset"] = onset
+            v["foot_drop_duration_days"] = max(0, (self.now.date() - onset).days)
+
+        # When both sides are affected, the red flag dates from when the second side appeared.
+        if side is Side.BILATERAL:
+            if Side.BILATERAL in side_dates:
+                since = side_dates[Side.BILATERAL]
+            else:
+                left, right = side_dates.get(Side.LEFT), side_dates.get(Side.RIGHT)
+                since = max(left, right) if left and right else None
+            self.bilateral_since = since
+        else:
+            self.bilateral_since = None
+
+        self._recovery(grades)
+
+    def _recovery(self, grades: Sequence[StrengthGrade]) -> None:
+        t, v, f = self.t, self.values, self.findings
+        improving, plateau = False, False
+        for side in {g.side for g in grades}:
+            series = [g for g in grades if g.side == side]
+            last = series[-1]
+            window = timedelta(days=int(t["improving_window_days"]))
+            if any(g.grade < last.grade and last.when - g.when <= window for g in series[:-1]):
+                improving = True
+                f.setdefault("dorsiflexion_improving", []).extend(series[-2:])
+            plateau_gap = timedelta(days=int(t["plateau_days"]))
+            reference = [g for g in series if last.when - g.when >= plateau_gap]
+            if reference and last.grade <= reference[-1].grade:
+                plateau = True
+                f.setdefault("dorsiflexion_recovery_plateau", []).extend([reference[-1], last])
+        v["dorsiflexion_improving"] = improving
+        v["dorsiflexion_recovery_plateau"] = plateau and not improving
+
+    def _causes(self) -> None:
+        t, v = self.t, self.values
+        v["central_cause"] = any(v.get(c) for c in t["central_causes"])
+        v["peripheral_cause"] = any(v.get(c) for c in t["peripheral_causes"])
+        localising = any(v.get(c) for c in t["localising_causes"])
+        v["cause_known"] = localising or bool(v.get("has_peroneal_neuropathy"))
+        v["cause_unknown_or_peroneal_only"] = not localising
+        radicular = v.get("has_lumbar_radiculopathy") or v.get("has_lumbar_disc_herniation")
+        weak = any(
+            g.grade < 5
+            for muscle in self.strength
+            for g in self.latest_by_side(muscle).values()
+        )
+        v["has_radiculopathy_with_motor_deficit"] = bool(radicular and weak)
+
+    def _red_flags(self, matches: Mapping[str, list[_Dated]]) -> None:
+        t, v, f = self.t, self.values, self.findings
+        flags: list[tuple[str, date]] = []
+
+        # Progressive weakness: same side, both recent, no more than the window apart, fell by >= 1.
+        window = timedelta(days=int(t["progression_window_days"]))
+        drop = float(t["progression_min_drop"])
+        recent = [g for g in self.strength.get(self.ex.dorsiflexion, []) if self.recent(g.when)]
+        progression: list[StrengthGrade] = []
+        for i, earlier in enumerate(recent):
+            for later in recent[i + 1:]:
+                if (
+                    later.side == earlier.side
+                    and later.when > earlier.when
+                    and later.when - earlier.when <= window
+                    and earlier.grade - later.grade >= drop - 1e-9
+                ):
+                    progression = [earlier, later]
+        if progression:
+            v["red_flag_progressive_weakness"] = True
+            f["red_flag_progressive_weakness"] = progression
+            flags.append(("progressive weakness", progression[-1].day))
+
+        # Bilateral foot drop, recent.
+        if self.bilateral_since is not None and self.recent(self.bilateral_since):
+            v["red_flag_bilateral_foot_drop"] = True
+            f["red_flag_bilateral_foot_drop"] = list(f.get("has_foot_drop", []))
+            flags.append(("bilateral foot drop", self.bilateral_since.date()))
+
+        # Cauda equina signs, recent and active, with foot drop or lumbar radicular disease.
+        context = v.get("has_foot_drop") or v.get("has_lumbar_radiculopathy") or v.get(
+            "has_lumbar_disc_herniation"
+        )
+        signs = [h for h in matches.get("ces_sign", []) if self.recent(h.moment)]
+        if context and signs:
+            v["red_flag_cauda_equina"] = True
+            f["red_flag_cauda_equina"] = [h.finding for h in signs]
+            flags.append(("cauda equina signs", max(h.moment for h in signs if h.moment).date()))
+
+        # Multi-level motor deficit: weak dorsiflexion and another weak lower-limb group, recent.
+        limit = float(t["multilevel_max_grade"])
+        weak_df = [
+            g for g in self.latest_by_side(self.ex.dorsiflexion).values()
+            if g.grade <= limit and self.recent(g.when)
+        ]
+        weak_other = [
+            g
+            for muscle in self.strength
+            if muscle != self.ex.dorsiflexion
+            for g in self.latest_by_side(muscle).values()
+            if g.grade <= limit and self.recent(g.when)
+        ]
+        if weak_df and weak_other:
+            v["red_flag_multilevel_deficit"] = True
+            f["red_flag_multilevel_deficit"] = weak_df + weak_other
+            flags.append(("multi-level motor deficit",
+                          max(g.when for g in weak_df + weak_other).date()))
+        if weak_other:
+            v["other_weak_muscles"] = tuple(weak_other)
+
+        v["has_red_flag"] = bool(flags)
+        if flags:
+            v["red_flag_names"] = tuple(name for name, _ in flags)
+            # The latest red flag: an MRI done before it does not answer it.
+            v["red_flag_since"] = max(day for _, day in flags)
+            f["has_red_flag"] = [
+                item for key in ("red_flag_progressive_weakness", "red_flag_bilateral_foot_drop",
+                                 "red_flag_cauda_equina", "red_flag_multilevel_deficit")
+                for item in f.get(key, [])
+            ]
+
+    def _already_done(self) -> None:
+        t, v, f = self.t, self.values, self.findings
+        mri = self.of_category("lumbar-mri")
+        if mri:
+            newest = max(mri, key=lambda r: r.when or date.min)
+            v["lumbar_mri_ordered"] = True
+            v["lumbar_mri_priority"] = newest.priority
+            v["lumbar_mri_date"] = newest.when
+            f["lumbar_mri_ordered"] = mri
+        performed = [r for r in mri if r.performed]
+        v["lumbar_mri_performed"] = bool(performed)
+        since = v.get("red_flag_since")
+        if since is not None:
+            answering = [
+                r for r in mri
+                if r.when is not None and r.when >= since
+                and (r.performed or r.priority in t["urgent_priorities"])
+            ]
+            v["lumbar_mri_urgent_since_red_flag"] = bool(answering)
+            if answering:
+                f["lumbar_mri_urgent_since_red_flag"] = answering
+        simple = {
+            "ncs_emg_done": ("ncs-emg",),
+            "afo_done": ("afo",),
+            "fes_done": ("fes",),
+            "afo_or_fes_done": ("afo", "fes"),
+            "pt_referral_done": ("physical-therapy",),
+            "botulinum_toxin_done": ("botulinum-toxin",),
+        }
+        for fact, categories in simple.items():
+            hits = [r for c in categories for r in self.of_category(c)]
+            v[fact] = bool(hits)
+            if hits:
+                f[fact] = hits
+        performed_only = {
+            "lumbar_decompression_done": ("lumbar-decompression",),
+            "tendon_transfer_or_arthrodesis_done": ("tendon-transfer", "ankle-arthrodesis"),
+        }
+        for fact, categories in performed_only.items():
+            hits = [r for c in categories for r in self.of_category(c) if r.performed]
+            v[fact] = bool(hits)
+            if hits:
+                f[fact] = hits
+        dalfampridine = [
+            r for r in self.of_category("dalfampridine")
+            if r.resource_type == "MedicationRequest"
+        ]
+        v["on_dalfampridine"] = bool(dalfampridine)
+        if dalfampridine:
+            f["on_dalfampridine"] = dalfampridine
+
+    def _renal(self) -> None:
+        t, v, f = self.t, self.values, self.findings
+        lookback = timedelta(days=int(t["renal_lookback_days"]))
+        recent = [lab for lab in self.labs if self.now - lab.when <= lookback]
+        crcl = [lab for lab in recent if lab.kind == "creatinine-clearance"]
+        egfr = [lab for lab in recent if lab.kind == "egfr"]
+        v["renal_function_known"] = bool(recent)
+        if recent:
+            f["renal_function_known"] = recent[-1:]
+        if crcl:
+            v["crcl_latest"] = crcl[-1].value
+            f["crcl_latest"] = crcl[-1:]
+            v["crcl_at_or_below_limit"] = crcl[-1].value <= float(t["crcl_limit_ml_min"])
+        if egfr:
+            v["egfr_latest"] = egfr[-1].value
+            f["egfr_latest"] = egfr[-1:]
+        v["only_egfr_available"] = bool(egfr) and not crcl
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _side_from_text(text: str) -> Side:
+    for pattern, side in _SIDE_TEXT:
+        if pattern.search(text):
+            return side
+    return Side.UNKNOWN
+
+
+def iter_codes(concepts: Iterable[Any]) -> Iterable[tuple[str, str]]:
+    for concept in concepts:
+        for coding in (concept or {}).get("coding") or ():
+            if coding.get("system") and coding.get("code"):
+                yield str(coding["system"]), str(coding["code"])

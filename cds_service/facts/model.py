@@ -1,0 +1,239 @@
+"""Typed, frozen facts. Rules read these by field name; card templates read them for the *why*."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Side(StrEnum):
+    """Laterality of a finding."""
+
+    LEFT = "left"
+    RIGHT = "right"
+    BILATERAL = "bilateral"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One piece of patient data a fact rests on, phrased for a clinician."""
+
+    label: str
+    reference: str
+    when: date | None = None
+    detail: str | None = None
+
+    def describe(self) -> str:
+        parts = [self.label]
+        if self.detail:
+            parts.append(self.detail)
+        if self.when:
+            parts.append(f"({self.when.isoformat()})")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class StrengthGrade:
+    """A manual muscle test result on the MRC 0-5 scale."""
+
+    muscle: str
+    side: Side
+    grade: float
+    recorded_as: str
+    when: datetime
+    reference: str
+
+    @property
+    def day(self) -> date:
+        return self.when.date()
+
+    def describe(self) -> str:
+        side = "" if self.side is Side.UNKNOWN else f"{self.side.value} "
+        return f"{side}{self.recorded_as} on {self.day.isoformat()}"
+
+
+@dataclass(frozen=True)
+class LabValue:
+    kind: str
+    value: float
+    unit: str
+    when: datetime
+    reference: str
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.value:g}{unit} on {self.when.date().isoformat()}"
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    """Something already ordered or done (ServiceRequest, DeviceRequest, Procedure, report...)."""
+
+    category: str
+    resource_type: str
+    reference: str
+    status: str
+    label: str
+    priority: str | None
+    when: date | None
+    performed: bool
+
+    def describe(self) -> str:
+        what = "done" if self.performed else f"ordered ({self.status})"
+        prio = f", priority {self.priority}" if self.priority else ""
+        when = f" on {self.when.isoformat()}" if self.when else ""
+        return f"{self.label}: {what}{prio}{when}"
+
+
+@dataclass(frozen=True)
+class PatientFacts:
+    """Everything the foot-drop pathway needs to know about one patient at ``now``.
+
+    Booleans default to False and optional values to None: absent data never fires a card.
+    ``findings`` maps a fact name to the data behind it, for the card's *why*.
+    """
+
+    patient_id: str
+    now: datetime
+    age_years: int | None = None
+
+    # Foot drop
+    has_foot_drop: bool = False
+    foot_drop_side: str = Side.UNKNOWN.value
+    foot_drop_onset: date | None = None
+    foot_drop_duration_days: int | None = None
+    walking_difficulty: bool = False
+
+    # Dorsiflexion strength (MRC grade)
+    dorsiflexion_latest_grade: float | None = None
+    dorsiflexion_improving: bool = False
+    dorsiflexion_recovery_plateau: bool = False
+    dorsiflexion_grades: tuple[StrengthGrade, ...] = ()
+    other_weak_muscles: tuple[StrengthGrade, ...] = ()
+
+    # Causes
+    has_lumbar_radiculopathy: bool = False
+    has_lumbar_disc_herniation: bool = False
+    has_radiculopathy_with_motor_deficit: bool = False
+    has_thoracic_disc: bool = False
+    has_peroneal_neuropathy: bool = False
+    has_compressive_peroneal_neuropathy: bool = False
+    has_sciatic_or_plexus_lesion: bool = False
+    has_stroke: bool = False
+    has_multiple_sclerosis: bool = False
+    has_spasticity: bool = False
+    has_spondylolisthesis: bool = False
+    habitual_leg_crossing: bool = False
+    central_cause: bool = False
+    peripheral_cause: bool = False
+    cause_known: bool = False
+    cause_unknown_or_peroneal_only: bool = False
+    chronic_axial_low_back_pain: bool = False
+
+    # Red flags (recent and active only)
+    red_flag_progressive_weakness: bool = False
+    red_flag_bilateral_foot_drop: bool = False
+    red_flag_cauda_equina: bool = False
+    red_flag_multilevel_deficit: bool = False
+    has_red_flag: bool = False
+    red_flag_since: date | None = None
+    red_flag_names: tuple[str, ...] = ()
+
+    # Already done
+    lumbar_mri_ordered: bool = False
+    lumbar_mri_performed: bool = False
+    lumbar_mri_urgent_since_red_flag: bool = False
+    lumbar_mri_priority: str | None = None
+    lumbar_mri_date: date | None = None
+    ncs_emg_done: bool = False
+    afo_or_fes_done: bool = False
+    afo_done: bool = False
+    fes_done: bool = False
+    pt_referral_done: bool = False
+    lumbar_decompression_done: bool = False
+    tendon_transfer_or_arthrodesis_done: bool = False
+    botulinum_toxin_done: bool = False
+    on_dalfampridine: bool = False
+
+    # Dalfampridine safety
+    seizure_history: bool = False
+    crcl_latest: float | None = None
+    egfr_latest: float | None = None
+    ckd_stage_3b_or_worse: bool = False
+    renal_function_known: bool = False
+    crcl_at_or_below_limit: bool = False
+    only_egfr_available: bool = False
+
+    findings: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    done: tuple[OrderRecord, ...] = ()
+    labs: tuple[LabValue, ...] = ()
+
+    def value(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def why(self, name: str) -> tuple[Any, ...]:
+        return tuple(self.findings.get(name, ()))
+
+
+@dataclass(frozen=True)
+class SelectedOrder:
+    """A draft order the clinician selected (order-select), classified against the value sets."""
+
+    reference: str
+    resource_type: str
+    resource_id: str
+    label: str
+    status: str | None
+    categories: frozenset[str]
+    priority: str | None = None
+    dose_mg: float | None = None
+    doses_per_day: float | None = None
+    resource: Mapping[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> Any:
+        if name.startswith("is_"):
+            return name[3:].replace("_", "-") in self.categories
+        return getattr(self, name)
+
+
+ORDER_CATEGORIES = (
+    "lumbar-fusion",
+    "lumbar-mri",
+    "dalfampridine",
+    "tendon-transfer",
+    "ankle-arthrodesis",
+    "afo",
+    "fes",
+    "physical-therapy",
+    "ncs-emg",
+    "lumbar-decompression",
+    "botulinum-toxin",
+)
+
+PATIENT_FACT_NAMES: frozenset[str] = frozenset(
+    f.name for f in fields(PatientFacts) if f.name not in {"findings", "done", "labs", "now"}
+)
+ORDER_FACT_NAMES: frozenset[str] = frozenset(
+    {
+        f"order.{n}"
+        for n in ("label", "status", "priority", "dose_mg", "doses_per_day", "resource_type")
+    }
+    | {"order.is_" + c.replace("-", "_") for c in ORDER_CATEGORIES}
+)
+
+
+@dataclass(frozen=True)
+class FactView:
+    """What a condition tree reads: patient facts, plus the selected order on order-select."""
+
+    patient: PatientFacts
+    order: SelectedOrder | None = None
+
+    def value(self, name: str) -> Any:
+        if name.startswith("order."):
+            return None if self.order is None else self.order.value(name[6:])
+        return self.patient.value(name)

@@ -1,0 +1,1 @@
+"""HTTP layer: routes, errors, CORS, auth. No clinical logic lives here."""

@@ -1,0 +1,163 @@
+"""Routes: discovery, service calls, feedback, health. Thin: decode, delegate, encode."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from cds_service.http.errors import error_response, operation_outcome
+from cds_service.logs import log_event
+from cds_service.pipeline import PrefetchUnavailable
+from cds_service.runtime import Runtime
+from cds_service.storage.db import FeedbackEntry
+from cds_service.validation.request import RequestError, check
+
+bp = Blueprint("cds", __name__)
+log = logging.getLogger("cds_service.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["cds"]
+
+
+def json_body() -> Any:
+    mimetype = request.mimetype or ""
+    if not (mimetype == "application/json" or mimetype.endswith("+json")):
+        raise UnsupportedMediaType()
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise RequestError(400, "invalid-json", "request body is empty")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, "invalid-json", "request body is not valid JSON") from exc
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    services = [s.discovery() for s in runtime().knowledge.services.values()]
+    return jsonify({"services": services})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    rt = runtime()
+    rt.pipeline.service(service_id)  # 404 before reading the body
+    g.log_fields["service"] = service_id
+    body = json_body()
+    if isinstance(body, dict) and isinstance(body.get("hook"), str):
+        g.log_fields["hook"] = body["hook"][:64]
+    try:
+        result = rt.pipeline.call(service_id, body)
+    except PrefetchUnavailable as exc:
+        keys = [f.key for f in exc.failures]
+        g.log_fields["failed_keys"] = {f.key: f.reason for f in exc.failures}
+        issues = [
+            operation_outcome(412, "prefetch-unavailable",
+                              f"prefetch key '{f.key}' could not be obtained ({f.reason})",
+                              expressions=[f"prefetch.{f.key}"])["issue"][0]
+            for f in exc.failures
+        ]
+        response = jsonify(operation_outcome(412, "prefetch-unavailable", "", issues=issues))
+        response.status_code = 412
+        g.log_fields["missing"] = keys
+        _notify("prefetch_failed", service_id, keys)
+        return response
+    g.log_fields.update(
+        cards=[c.recommendation_id for c in result.cards],
+        timings_ms=result.timings_ms,
+        counts=result.counts,
+        fetched_keys=result.fetched_keys,
+    )
+    _notify("hook_result", service_id, result)
+    return jsonify(result.body)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    rt = runtime()
+    rt.pipeline.service(service_id)
+    g.log_fields["service"] = service_id
+    body = json_body()
+    check("feedback.schema.json", body)
+    entries = []
+    for i, item in enumerate(body["feedback"]):
+        timestamp = _parse_rfc3339(item["outcomeTimestamp"])
+        if timestamp is None:
+            raise RequestError(400, "invalid-request",
+                               f"feedback.{i}.outcomeTimestamp: not an RFC 3339 date-time")
+        reason = (item.get("overrideReason") or {}).get("reason") or {}
+        entries.append(
+            FeedbackEntry(
+                service_id=service_id,
+                card_uuid=item["card"],
+                outcome=item["outcome"],
+                accepted_suggestions=tuple(s["id"] for s in item.get("acceptedSuggestions", ())),
+                override_reason_system=reason.get("system"),
+                override_reason_code=reason.get("code"),
+                override_comment=(item.get("overrideReason") or {}).get("userComment"),
+                outcome_timestamp=timestamp,
+            )
+        )
+    stored = rt.database.store_feedback(entries, datetime.now(UTC))
+    g.log_fields.update(feedback_received=len(entries), feedback_stored=stored)
+    _notify("feedback", service_id, entries)
+    return jsonify({"received": len(entries), "stored": stored})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    rt = runtime()
+    return jsonify({"status": "ok", "recommendations": len(rt.knowledge.recommendations)})
+
+
+def _parse_rfc3339(value: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC)
+
+
+def _notify(event: str, service_id: str, payload: Any) -> None:
+    for listener in current_app.extensions.get("cds_listeners", ()):
+        listener(event, service_id, payload)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError) -> Response:
+        g.log_fields["error"] = exc.code
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.before_request
+    def start_request() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.log_fields = {}
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        started = getattr(g, "started", None)
+        duration = round((time.perf_counter() - started) * 1000, 2) if started else None
+        response.headers["X-Request-Id"] = getattr(g, "request_id", "")
+        if request.method != "OPTIONS":
+            log_event(log, "request", request_id=getattr(g, "request_id", None),
+                      method=request.method, path=request.url_rule.rule if request.url_rule
+                      else "(unmatched)", status=response.status_code, duration_ms=duration,
+                      **getattr(g, "log_fields", {}))
+        return response

@@ -1,0 +1,301 @@
+"""Load and check everything under ``cards/`` once, at start.
+
+Knowledge fails at load: a schema error, an unknown fact, operator or value set, or a template
+that does not compile stops the service from starting, instead of silently never firing a card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jinja2 import StrictUndefined, Template
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from cds_service.facts.model import ORDER_FACT_NAMES, PATIENT_FACT_NAMES
+from cds_service.knowledge.valuesets import CompiledValueSet, ValueSetError, compile_valueset
+from cds_service.rules.conditions import CompiledCondition, ConditionError, compile_condition
+
+OVERRIDE_REASON_SYSTEM = "https://footdrop-cds.example.org/fhir/CodeSystem/override-reason"
+TOPIC_SYSTEM = "https://footdrop-cds.example.org/fhir/CodeSystem/recommendation"
+
+
+class KnowledgeError(ValueError):
+    """The knowledge under cards/ is inconsistent; the service must not start with it."""
+
+
+@dataclass(frozen=True)
+class PrefetchSpec:
+    key: str
+    template: str
+    on_failure: str  # "fail" | "omit"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    id: str
+    hook: str
+    title: str
+    description: str
+    usage_requirements: str | None
+    prefetch: tuple[PrefetchSpec, ...]
+
+    def discovery(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+        }
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        if self.prefetch:
+            entry["prefetch"] = {p.key: p.template for p in self.prefetch}
+        return entry
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    type: str
+    description: Template
+    resource: Any  # nested dict/list of compiled templates and literals
+    targets_selected_order: bool
+    patch: Any
+
+
+@dataclass(frozen=True)
+class SuggestionSpec:
+    key: str
+    label: Template
+    when: CompiledCondition | None
+    recommended: bool
+    actions: tuple[ActionSpec, ...]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    id: str
+    hook: str
+    title: str
+    rank: int
+    per_selected_order: bool
+    indicator: str
+    escalations: tuple[tuple[CompiledCondition, str], ...]
+    when: CompiledCondition
+    summary: Template
+    detail: Template
+    source: Mapping[str, str]
+    citations: tuple[Mapping[str, str], ...]
+    links: tuple[Mapping[str, str], ...]
+    override_reasons: tuple[Mapping[str, str], ...]
+    selection_behavior: str
+    suggestions: tuple[SuggestionSpec, ...]
+    path: Path
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    root: Path
+    services: Mapping[str, ServiceSpec]
+    valuesets: Mapping[str, CompiledValueSet]
+    thresholds: Mapping[str, Any]
+    recommendations: tuple[Recommendation, ...]
+    default_override_reasons: tuple[Mapping[str, str], ...]
+
+    def valueset(self, vs_id: str) -> CompiledValueSet:
+        try:
+            return self.valuesets[vs_id]
+        except KeyError as exc:
+            raise KnowledgeError(f"unknown value set {vs_id!r}") from exc
+
+    def for_hook(self, hook: str) -> tuple[Recommendation, ...]:
+        return tuple(r for r in self.recommendations if r.hook == hook)
+
+
+def template_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["describe"] = _describe
+    env.filters["isodate"] = lambda d: d.isoformat() if d is not None else "unknown date"
+    env.filters["grade"] = lambda g: f"{g:g}/5" if g is not None else "not recorded"
+    return env
+
+
+def _describe(items: Any, sep: str = "; ") -> str:
+    if items is None:
+        return ""
+    if hasattr(items, "describe"):
+        return items.describe()
+    return sep.join(i.describe() if hasattr(i, "describe") else str(i) for i in items)
+
+
+_ENV = template_environment()
+
+
+def load_knowledge(root: Path) -> Knowledge:
+    root = Path(root)
+    if not root.is_dir():
+        raise KnowledgeError(f"cards directory not found: {root}")
+    valuesets = _load_valuesets(root / "valuesets")
+    thresholds = _read_yaml(root / "facts.yaml")
+    config = _read_yaml(root / "config.yaml") if (root / "config.yaml").exists() else {}
+    services = _load_services(root / "services.yaml")
+    schema = json.loads((root / "schema" / "recommendation.schema.json").read_text())
+    recommendations = []
+    seen: set[str] = set()
+    for path in sorted((root / "recommendations").glob("*.yaml")):
+        data = _read_yaml(path)
+        try:
+            jsonschema.validate(data, schema)
+        except jsonschema.ValidationError as exc:
+            where = list(exc.absolute_path)
+            raise KnowledgeError(f"{path.name}: {exc.message} at {where}") from exc
+        if data.get("enabled", True) is False:
+            continue
+        if data["id"] in seen:
+            raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
+        seen.add(data["id"])
+        recommendations.append(_compile_recommendation(data, path))
+    defaults = tuple(config.get("default_override_reasons", ()))
+    return Knowledge(
+        root=root,
+        services=services,
+        valuesets=valuesets,
+        thresholds=thresholds,
+        recommendations=tuple(recommendations),
+        default_override_reasons=defaults,
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise KnowledgeError(f"{path}: {exc}") from exc
+
+
+def _load_valuesets(folder: Path) -> dict[str, CompiledValueSet]:
+    compiled: dict[str, CompiledValueSet] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            vs = compile_valueset(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, ValueSetError) as exc:
+            raise KnowledgeError(f"{path.name}: {exc}") from exc
+        if vs.id != path.stem:
+            raise KnowledgeError(f"{path.name}: id {vs.id!r} does not match the file name")
+        compiled[vs.id] = vs
+    return compiled
+
+
+def _load_services(path: Path) -> dict[str, ServiceSpec]:
+    data = _read_yaml(path)
+    services = {}
+    for service_id, spec in (data.get("services") or {}).items():
+        prefetch = tuple(
+            PrefetchSpec(key, entry["template"], entry.get("on_failure", "fail"))
+            for key, entry in (spec.get("prefetch") or {}).items()
+        )
+        for p in prefetch:
+            if p.on_failure not in ("fail", "omit"):
+                raise KnowledgeError(f"{service_id}.{p.key}: on_failure must be fail or omit")
+        services[service_id] = ServiceSpec(
+            id=service_id,
+            hook=spec["hook"],
+            title=spec["title"],
+            description=spec["description"].strip(),
+            usage_requirements=(spec.get("usageRequirements") or "").strip() or None,
+            prefetch=prefetch,
+        )
+    return services
+
+
+def _compile_recommendation(data: Mapping[str, Any], path: Path) -> Recommendation:
+    where = path.name
+    per_order = data.get("for_each") == "selected-order"
+    if per_order and data["hook"] != "order-select":
+        raise KnowledgeError(f"{where}: for_each selected-order needs hook order-select")
+    known = PATIENT_FACT_NAMES | (ORDER_FACT_NAMES if per_order else frozenset())
+    try:
+        when = compile_condition(data["when"], known, where)
+        escalations = tuple(
+            (compile_condition(e["when"], known, f"{where} escalate"), e["indicator"])
+            for e in data.get("escalate", ())
+        )
+        suggestions = tuple(
+            _compile_suggestion(s, known, f"{where} suggestion {s['key']}", per_order)
+            for s in data.get("suggestions", ())
+        )
+        summary = _ENV.from_string(data["summary"].strip())
+        detail = _ENV.from_string(data["detail"].strip())
+    except ConditionError as exc:
+        raise KnowledgeError(str(exc)) from exc
+    except Exception as exc:  # jinja2 TemplateSyntaxError and friends
+        raise KnowledgeError(f"{where}: template error: {exc}") from exc
+    if suggestions and "selection_behavior" not in data:
+        raise KnowledgeError(f"{where}: suggestions need selection_behavior")
+    return Recommendation(
+        id=data["id"],
+        hook=data["hook"],
+        title=data["title"],
+        rank=int(data.get("rank", 50)),
+        per_selected_order=per_order,
+        indicator=data["indicator"],
+        escalations=escalations,
+        when=when,
+        summary=summary,
+        detail=detail,
+        source=dict(data["source"]),
+        citations=tuple(data["citations"]),
+        links=tuple(data.get("links", ())),
+        override_reasons=tuple(data.get("override_reasons", ())),
+        selection_behavior=data.get("selection_behavior", "at-most-one"),
+        suggestions=suggestions,
+        path=path,
+    )
+
+
+def _compile_suggestion(
+    data: Mapping[str, Any], known: frozenset[str], where: str, per_order: bool
+) -> SuggestionSpec:
+    actions = []
+    for action in data["actions"]:
+        targets = action.get("target") == "selected-order"
+        if targets and not per_order:
+            raise KnowledgeError(f"{where}: target selected-order only on per-order rules")
+        if action["type"] == "create" and "resource" not in action:
+            raise KnowledgeError(f"{where}: create needs a resource")
+        if action["type"] in ("update", "delete") and not targets:
+            raise KnowledgeError(f"{where}: update/delete must target the selected order")
+        actions.append(
+            ActionSpec(
+                type=action["type"],
+                description=_ENV.from_string(action["description"]),
+                resource=_compile_structure(action.get("resource")),
+                targets_selected_order=targets,
+                patch=_compile_structure(action.get("patch")),
+            )
+        )
+    when = compile_condition(data["when"], known, where) if "when" in data else None
+    return SuggestionSpec(
+        key=data["key"],
+        label=_ENV.from_string(data["label"]),
+        when=when,
+        recommended=bool(data.get("recommended", False)),
+        actions=tuple(actions),
+    )
+
+
+def _compile_structure(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _compile_structure(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_compile_structure(v) for v in node]
+    if isinstance(node, str) and "{{" in node:
+        return _ENV.from_string(node)
+    return node

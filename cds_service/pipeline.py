@@ -1,0 +1,151 @@
+"""One hook call, stage by stage: request -> prefetch -> FHIR record -> facts -> rules -> cards.
+
+Framework-free: the HTTP layer hands in a decoded body and gets back a status and a body. The CLI
+(``evaluate``) and the benchmark call the same code in process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from cds_service.clock import Clock
+from cds_service.config import Settings
+from cds_service.facts.extract import FactExtractor
+from cds_service.facts.model import PatientFacts
+from cds_service.facts.orders import selected_orders
+from cds_service.fhir.record import read_patient_record
+from cds_service.knowledge.loader import Knowledge, ServiceSpec
+from cds_service.logs import log_event
+from cds_service.prefetch.fhir_client import FetchLimits
+from cds_service.prefetch.resolver import KeyFailure, resolve_prefetch
+from cds_service.render.cards import RenderContext, RenderedCard, render_cards
+from cds_service.rules.evaluate import evaluate
+from cds_service.storage.db import Database, IssuedCard
+from cds_service.validation.request import RequestError, parse_hook_request
+from cds_service.validation.response import check_response
+
+log = logging.getLogger(__name__)
+
+
+class PrefetchUnavailable(Exception):
+    def __init__(self, failures: list[KeyFailure]) -> None:
+        super().__init__(", ".join(f.key for f in failures))
+        self.failures = failures
+
+
+@dataclass
+class HookResult:
+    body: dict[str, Any]
+    cards: list[RenderedCard]
+    facts: PatientFacts
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    fetched_keys: list[str] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        knowledge: Knowledge,
+        clock: Clock,
+        session: requests.Session,
+        executor: Executor,
+        database: Database | None,
+    ) -> None:
+        self.settings = settings
+        self.knowledge = knowledge
+        self.clock = clock
+        self.session = session
+        self.executor = executor
+        self.database = database
+        self.extractor = FactExtractor(knowledge)
+        self.limits = FetchLimits(
+            max_pages=settings.fhir_max_pages,
+            max_bytes=int(settings.fhir_max_response_mb * 1024 * 1024),
+        )
+
+    def service(self, service_id: str) -> ServiceSpec:
+        try:
+            return self.knowledge.services[service_id]
+        except KeyError as exc:
+            raise RequestError(404, "unknown-service", "no CDS service with this id") from exc
+
+    def call(self, service_id: str, body: Any) -> HookResult:
+        marks = [time.perf_counter()]
+        timings: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            marks.append(time.perf_counter())
+            timings[name] = round((marks[-1] - marks[-2]) * 1000, 3)
+
+        service = self.service(service_id)
+        request = parse_hook_request(service.id, service.hook, body)
+        lap("validate")
+        prefetch = resolve_prefetch(
+            service, request,
+            session=self.session, executor=self.executor,
+            budget_seconds=self.settings.fhir_budget_seconds, limits=self.limits,
+            require_https=self.settings.fhir_require_https,
+        )
+        lap("prefetch")
+        if prefetch.failed:
+            raise PrefetchUnavailable(prefetch.failures)
+        now = self.clock()
+        record = read_patient_record(
+            prefetch.values.values(), request.patient_id, self.extractor.is_relevant
+        )
+        lap("read")
+        facts = self.extractor.extract(record, now)
+        orders = (
+            selected_orders(request.draft_orders, request.selections, request.patient_id,
+                            self.knowledge)
+            if service.hook == "order-select"
+            else []
+        )
+        lap("facts")
+        matches = evaluate(self.knowledge, service.hook, facts, orders)
+        lap("rules")
+        rendered = render_cards(
+            matches, self.knowledge,
+            RenderContext(request.patient_id, request.user_id, request.encounter_id, now),
+        )
+        body_out: dict[str, Any] = {"cards": [r.card for r in rendered]}
+        lap("render")
+        if self.settings.validate_responses:
+            check_response(body_out)
+        lap("check")
+        if self.database is not None and self.settings.record_issued_cards and rendered:
+            self._record(service.id, rendered, now)
+        lap("record")
+        counts = record.stats.as_fields()
+        counts["cards"] = len(rendered)
+        counts["fetched_pages"] = prefetch.fetched_pages
+        if prefetch.truncated_keys:
+            log_event(log, "fallback results truncated at the page cap", logging.WARNING,
+                      keys=prefetch.truncated_keys)
+        return HookResult(
+            body=body_out,
+            cards=rendered,
+            facts=facts,
+            timings_ms=timings,
+            counts=counts,
+            fetched_keys=[k for k, s in prefetch.sources.items() if s == "fetched"],
+        )
+
+    def _record(self, service_id: str, rendered: list[RenderedCard], now: datetime) -> None:
+        try:
+            self.database.record_issued(  # type: ignore[union-attr]
+                IssuedCard(r.card["uuid"], service_id, r.recommendation_id,
+                           r.card["indicator"], now)
+                for r in rendered
+            )
+        except Exception:  # the cards matter more than their bookkeeping
+            log_event(log, "could not record issued cards", logging.ERROR, exc_info=True)

@@ -1,0 +1,1 @@
+"""Rule matches to CDS Hooks 2.0 cards."""

@@ -1,0 +1,60 @@
+"""Per-process wiring: settings, knowledge, database, HTTP session, thread pool, verifier.
+
+Threads and sockets do not survive a fork, so the pool and the session are created lazily in
+the process that uses them (gunicorn workers), keyed by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from cds_service.clock import Clock
+from cds_service.config import Settings
+from cds_service.knowledge.loader import Knowledge
+from cds_service.pipeline import Pipeline
+from cds_service.storage.db import Database
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    knowledge: Knowledge
+    database: Database
+    clock: Clock
+    verifier: Any | None = None
+    session_factory: Any | None = None
+    _pid: int = -1
+    _pipeline: Pipeline | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None or self._pid != os.getpid():
+            with self._lock:
+                if self._pipeline is None or self._pid != os.getpid():
+                    session = (self.session_factory or new_session)(self.settings)
+                    executor = ThreadPoolExecutor(
+                        max_workers=self.settings.fhir_max_workers, thread_name_prefix="fhir"
+                    )
+                    self._pipeline = Pipeline(self.settings, self.knowledge, self.clock,
+                                              session, executor, self.database)
+                    self._pid = os.getpid()
+        return self._pipeline
+
+
+def new_session(settings: Settings) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(16, settings.fhir_max_workers * 2),
+                          max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "foot-drop-cds/0.1"
+    session.trust_env = False  # no proxy settings or netrc credentials leak into EHR calls
+    return session

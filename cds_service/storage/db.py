@@ -1,0 +1,200 @@
+"""Database access through SQLAlchemy Core: SQLite file by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from cds_service.storage import tables
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    service_id: str
+    card_uuid: str
+    outcome: str
+    accepted_suggestions: tuple[str, ...]
+    override_reason_system: str | None
+    override_reason_code: str | None
+    override_comment: str | None
+    outcome_timestamp: datetime
+
+    def key(self) -> str:
+        canonical = json.dumps(
+            [
+                self.service_id,
+                self.card_uuid,
+                self.outcome,
+                sorted(self.accepted_suggestions),
+                self.override_reason_system,
+                self.override_reason_code,
+                self.override_comment,
+                self.outcome_timestamp.isoformat(),
+            ]
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    card_uuid: str
+    service_id: str
+    recommendation_id: str
+    indicator: str
+    issued_at: datetime
+
+
+@dataclass(frozen=True)
+class RecommendationStats:
+    recommendation_id: str
+    issued: int
+    accepted: int
+    overridden: int
+    override_reasons: dict[str, int]
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        connect_args: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            connect_args = {"timeout": 30, "check_same_thread": False}
+        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        config.attributes["connection_engine"] = self.engine
+        command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- feedback -------------------------------------------------------------------------------
+    def store_feedback(self, entries: Sequence[FeedbackEntry], received_at: datetime) -> int:
+        """Store entries once each; returns how many were new. Safe under concurrent writers."""
+        stored = 0
+        for entry in entries:
+            row = {
+                "entry_key": entry.key(),
+                "service_id": entry.service_id,
+                "card_uuid": entry.card_uuid,
+                "outcome": entry.outcome,
+                "accepted_suggestions": json.dumps(list(entry.accepted_suggestions))
+                if entry.accepted_suggestions
+                else None,
+                "override_reason_system": entry.override_reason_system,
+                "override_reason_code": entry.override_reason_code,
+                "override_comment": entry.override_comment,
+                "outcome_timestamp": entry.outcome_timestamp,
+                "received_at": received_at,
+            }
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(tables.feedback).values(**row))
+                stored += 1
+            except IntegrityError:
+                continue  # already stored: feedback is idempotent
+        return stored
+
+    def count_feedback(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(tables.feedback)).scalar_one())
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(tables.feedback))]
+
+    # -- issued cards ---------------------------------------------------------------------------
+    def record_issued(self, cards: Iterable[IssuedCard]) -> None:
+        rows = [
+            {
+                "card_uuid": c.card_uuid,
+                "service_id": c.service_id,
+                "recommendation_id": c.recommendation_id,
+                "indicator": c.indicator,
+                "issued_at": c.issued_at,
+            }
+            for c in cards
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(tables.issued_card), rows)
+
+    def recommendation_stats(self) -> list[RecommendationStats]:
+        stats: dict[str, RecommendationStats] = {}
+        with self.engine.connect() as conn:
+            issued = conn.execute(
+                select(tables.issued_card.c.recommendation_id, func.count()).group_by(
+                    tables.issued_card.c.recommendation_id
+                )
+            ).all()
+            for rec_id, count in issued:
+                stats[rec_id] = RecommendationStats(rec_id, int(count), 0, 0, {})
+            joined = conn.execute(
+                select(
+                    func.coalesce(tables.issued_card.c.recommendation_id, "(unknown card)"),
+                    tables.feedback.c.outcome,
+                    tables.feedback.c.override_reason_code,
+                ).select_from(
+                    tables.feedback.outerjoin(
+                        tables.issued_card,
+                        tables.feedback.c.card_uuid == tables.issued_card.c.card_uuid,
+                    )
+                )
+            ).all()
+        for rec_id, outcome, reason in joined:
+            current = stats.setdefault(rec_id, RecommendationStats(rec_id, 0, 0, 0, {}))
+            if outcome == "accepted":
+                current = RecommendationStats(
+                    rec_id, current.issued, current.accepted + 1, current.overridden,
+                    current.override_reasons,
+                )
+            else:
+                reasons = dict(current.override_reasons)
+                label = reason or "(no reason given)"
+                reasons[label] = reasons.get(label, 0) + 1
+                current = RecommendationStats(
+                    rec_id, current.issued, current.accepted, current.overridden + 1, reasons
+                )
+            stats[rec_id] = current
+        return sorted(stats.values(), key=lambda s: s.recommendation_id)
+
+    # -- JWT replay -----------------------------------------------------------------------------
+    def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Record a token id; False when it was seen before (a replay), whichever worker saw it."""
+        key = hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(tables.seen_jti).where(tables.seen_jti.c.expires_at < now))
+                conn.execute(insert(tables.seen_jti).values(jti_key=key, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
