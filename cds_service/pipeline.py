@@ -21,6 +21,7 @@ from cds_service.facts.extract import FactExtractor
 from cds_service.facts.model import PatientFacts
 from cds_service.facts.orders import selected_orders
 from cds_service.fhir.record import read_patient_record
+from cds_service.fhir.relevance import RelevanceFilter
 from cds_service.knowledge.loader import Knowledge, ServiceSpec
 from cds_service.logs import log_event
 from cds_service.prefetch.fhir_client import FetchLimits
@@ -67,6 +68,7 @@ class Pipeline:
         self.executor = executor
         self.database = database
         self.extractor = FactExtractor(knowledge)
+        self.relevant = RelevanceFilter(knowledge)
         self.limits = FetchLimits(
             max_pages=settings.fhir_max_pages,
             max_bytes=int(settings.fhir_max_response_mb * 1024 * 1024),
@@ -100,7 +102,7 @@ class Pipeline:
             raise PrefetchUnavailable(prefetch.failures)
         now = self.clock()
         record = read_patient_record(
-            prefetch.values.values(), request.patient_id, self.extractor.is_relevant
+            prefetch.values.values(), request.patient_id, self.relevant
         )
         lap("read")
         facts = self.extractor.extract(record, now)

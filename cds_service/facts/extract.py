@@ -179,18 +179,6 @@ class FactExtractor:
         self.laterality_codes: Mapping[str, Mapping[str, str]] = t.get("laterality_codes", {})
         self.not_strength = re.compile(t["not_strength_pattern"])
         self.grade_units = frozenset(u.lower() for u in t["grade_units"])
-        self.observation_sets = (
-            self.muscles + self.lab_sets + self.ces_signs
-            + tuple(s for sets in self.condition_facts.values() for s in sets)
-        )
-
-    # -- relevance filter (runs on raw dicts before validation) ---------------------------------
-    def is_relevant(self, resource: Mapping[str, Any]) -> bool:
-        """Cheap check that a resource could matter to a rule, so the rest is never parsed."""
-        if resource.get("resourceType") != "Observation":
-            return True
-        code = resource.get("code")
-        return any(vs.matches_concept(code) for vs in self.observation_sets)
 
     # -- main entry -----------------------------------------------------------------------------
     def extract(self, record: PatientRecord, now: datetime) -> PatientFacts:

@@ -148,8 +148,8 @@ def load_knowledge(root: Path) -> Knowledge:
     services = _load_services(root / "services.yaml")
     schema = json.loads((root / "schema" / "recommendation.schema.json").read_text())
     recommendations = []
-    seen: set[str] = set()
-    for path in sorted((root / "recommendations").glob("*.yaml")):
+    seen: set[tuple[str, str]] = set()
+    for path in sorted((root / "recommendations").rglob("*.yaml")):
         data = _read_yaml(path)
         try:
             jsonschema.validate(data, schema)
@@ -158,9 +158,9 @@ def load_knowledge(root: Path) -> Knowledge:
             raise KnowledgeError(f"{path.name}: {exc.message} at {where}") from exc
         if data.get("enabled", True) is False:
             continue
-        if data["id"] in seen:
+        if (data["hook"], data["id"]) in seen:
             raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
-        seen.add(data["id"])
+        seen.add((data["hook"], data["id"]))
         recommendations.append(_compile_recommendation(data, path))
     defaults = tuple(config.get("default_override_reasons", ()))
     return Knowledge(
