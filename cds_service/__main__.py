@@ -9,20 +9,11 @@ import argparse
 import ipaddress
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from cds_service.commands import COMMANDS, command
 from cds_service.config import Settings, SettingsError
-
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[Any], None], str]] = {}
-
-
-def command(name: str, help_text: str) -> Callable[..., Any]:
-    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = (fn, getattr(fn, "configure", lambda _p: None), help_text)
-        return fn
-
-    return register
 
 
 def is_loopback(host: str) -> bool:
@@ -91,15 +82,19 @@ serve.configure = _configure_serve  # type: ignore[attr-defined]
 command("serve", "run the service under gunicorn")(serve)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser(*, exit_on_error: bool = True) -> argparse.ArgumentParser:
     _load_cli_modules()
-    parser = argparse.ArgumentParser(prog="python -m cds_service")
+    parser = argparse.ArgumentParser(prog="python -m cds_service", exit_on_error=exit_on_error)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (fn, configure, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        configure(p)
-        p.set_defaults(handler=fn)
-    args = parser.parse_args(argv)
+    for name, registered in COMMANDS.items():
+        p = sub.add_parser(name, help=registered.help, exit_on_error=exit_on_error)
+        registered.configure(p)
+        p.set_defaults(handler=registered.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except SettingsError as exc:

@@ -61,8 +61,7 @@ class Settings:
     database_url: str = field(default="", metadata={"env": "CDS_DATABASE_URL"})
     cors_origins: tuple[str, ...] = field(default=("*",), metadata={"env": "CDS_CORS_ORIGINS"})
     fhir_budget_seconds: float = field(default=4.0, metadata={"env": "CDS_FHIR_BUDGET_SECONDS"})
-    fhir_max_pages: int = field(default=10, metadata={"env": "CDS_FHIR_MAX_PAGES"})
-    fhir_page_size: int = field(default=200, metadata={"env": "CDS_FHIR_PAGE_SIZE"})
+    fhir_max_pages: int = field(default=25, metadata={"env": "CDS_FHIR_MAX_PAGES"})
     fhir_max_response_mb: float = field(default=32.0, metadata={"env": "CDS_FHIR_MAX_RESPONSE_MB"})
     fhir_max_workers: int = field(default=8, metadata={"env": "CDS_FHIR_MAX_WORKERS"})
     fhir_require_https: bool = field(default=False, metadata={"env": "CDS_FHIR_REQUIRE_HTTPS"})
@@ -98,11 +97,25 @@ class Settings:
     def checked(self) -> Settings:
         if self.auth not in ("required", "off"):
             raise SettingsError("CDS_AUTH must be 'required' or 'off'")
-        if self.fhir_budget_seconds <= 0 or self.max_body_mb <= 0:
+        if min(self.fhir_budget_seconds, self.max_body_mb, self.fhir_max_response_mb) <= 0:
             raise SettingsError("budgets and size limits must be positive")
+        if self.fhir_max_pages < 1 or self.fhir_max_workers < 1:
+            raise SettingsError("CDS_FHIR_MAX_PAGES and CDS_FHIR_MAX_WORKERS must be at least 1")
         if not self.public_base_url.startswith(("http://", "https://")):
             raise SettingsError("CDS_PUBLIC_BASE_URL must be an absolute http(s) URL")
-        updates: dict[str, Any] = {"public_base_url": self.public_base_url.rstrip("/")}
+        log_level = str(self.log_level).strip().upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError("CDS_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        updates: dict[str, Any] = {
+            "public_base_url": self.public_base_url.rstrip("/"),
+            "log_level": log_level,
+            # Browsers send Origin without a trailing slash: "https://host/" would never match.
+            "cors_origins": tuple(
+                o.rstrip("/") for o in (_as_list(self.cors_origins)
+                                        if isinstance(self.cors_origins, str)
+                                        else self.cors_origins)
+            ),
+        }
         if not self.database_url:
             updates["database_url"] = f"sqlite:///{PROJECT_ROOT / 'var' / 'cds-service.sqlite3'}"
         return replace(self, **updates)

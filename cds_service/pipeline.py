@@ -131,8 +131,8 @@ class Pipeline:
         counts["cards"] = len(rendered)
         counts["fetched_pages"] = prefetch.fetched_pages
         if prefetch.truncated_keys:
-            log_event(log, "fallback results truncated at the page cap", logging.WARNING,
-                      keys=prefetch.truncated_keys)
+            log_event(log, "search results incomplete: using the pages that could be read",
+                      logging.WARNING, keys=prefetch.truncated_keys)
         return HookResult(
             body=body_out,
             cards=rendered,

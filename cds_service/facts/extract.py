@@ -28,12 +28,14 @@ from cds_service.knowledge.valuesets import CompiledValueSet
 INACTIVE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 NEGATIVE_VALUE = re.compile(r"(?i)^\s*(no|none|absent|negative|not present|denies|false)\b")
-_GRADE_TEXT = re.compile(r"^\s*(?:MRC\s*)?([0-5])\s*([+-]?)\s*(?:/\s*5)?\s*$", re.IGNORECASE)
-_SIDE_TEXT = (
-    (re.compile(r"(?i)\b(bilateral|both)\b"), Side.BILATERAL),
-    (re.compile(r"(?i)\bleft\b|\(L\)|\bLT\b"), Side.LEFT),
-    (re.compile(r"(?i)\bright\b|\(R\)|\bRT\b"), Side.RIGHT),
+# "3", "3/5", "3-/5", "4+ / 5", "MRC 3", "grade 3/5"; a modifier is worth a third of a grade.
+_GRADE_TEXT = re.compile(
+    r"^\s*(?:MRC\s*)?(?:grade\s*)?([0-5])\s*([+-]?)\s*(?:/\s*5)?\s*$", re.IGNORECASE
 )
+_MODIFIER = {"+": 1 / 3, "-": -1 / 3, "": 0.0}
+_BILATERAL_TEXT = re.compile(r"(?i)\b(bilateral|both)\b")
+_LEFT_TEXT = re.compile(r"(?i)\bleft\b|\(L\)|\bLT\b")
+_RIGHT_TEXT = re.compile(r"(?i)\bright\b|\(R\)|\bRT\b")
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,11 +173,10 @@ class FactExtractor:
         self.dorsiflexion = t["dorsiflexion_group"]
         self.order_sets = tuple(self.vs(v) for v in t["order_categories"])
         self.lab_sets = tuple(self.vs(v) for v in t["lab_categories"])
-        self.side_sets = (
-            (self.vs("body-site-bilateral"), Side.BILATERAL),
-            (self.vs("body-site-left"), Side.LEFT),
-            (self.vs("body-site-right"), Side.RIGHT),
+        self.side_sets = tuple(
+            (self.vs(vs_id), Side(side)) for vs_id, side in t["body_site_sides"].items()
         )
+        self.muscle_labels: Mapping[str, str] = t.get("muscle_labels", {})
         self.laterality_codes: Mapping[str, Mapping[str, str]] = t.get("laterality_codes", {})
         self.not_strength = re.compile(t["not_strength_pattern"])
         self.grade_units = frozenset(u.lower() for u in t["grade_units"])
@@ -193,8 +194,10 @@ class _Extraction:
         self.now = now
         self.findings: dict[str, list[Any]] = {}
         self.values: dict[str, Any] = {}
+        self.bilateral_since: datetime | None = None
 
     def recent(self, moment: datetime | date | None) -> bool:
+        """Within red_flag_recent_days before now (a day of clock skew into the future is fine)."""
         if moment is None:
             return False
         moment_day = moment.date() if isinstance(moment, datetime) else moment
@@ -203,6 +206,7 @@ class _Extraction:
 
     # -- sides ----------------------------------------------------------------------------------
     def side_of(self, resource: Mapping[str, Any], concept: Any) -> Side:
+        """Laterality from the code itself, else bodySite (coded, then text), else the code text."""
         for coding in (concept or {}).get("coding") or ():
             by_system = self.ex.laterality_codes.get(str(coding.get("system")), {})
             side = by_system.get(str(coding.get("code")))
@@ -214,12 +218,13 @@ class _Extraction:
             for valueset, side in self.ex.side_sets:
                 if valueset.matches_concept(site):
                     return side
+        for site in site_list:
             side = _side_from_text(concept_label(site))
             if side is not Side.UNKNOWN:
                 return side
         return _side_from_text(concept_label(concept))
 
-    # -- conditions -----------------------------------------------------------------------------
+    # -- conditions and positive findings ---------------------------------------------------------
     @cached_property
     def condition_matches(self) -> dict[str, list[_Dated]]:
         matches: dict[str, list[_Dated]] = {}
@@ -227,63 +232,80 @@ class _Extraction:
             code = condition.get("code")
             active = condition_is_active(condition)
             history = condition_is_history(condition)
+            if not history:
+                continue  # refuted or entered in error: as if it had never been recorded
             onset = condition_onset(condition)
             notes = " ".join(
                 n.get("text", "") for n in condition.get("note") or () if isinstance(n, Mapping)
             )
-            for fact, sets in self.ex.condition_facts.items():
-                for vs in sets:
-                    hit = vs.matches_concept(code) or (
-                        vs.id in self.ex.text_only and vs.matches_text(notes)
-                    )
-                    if hit and active:
-                        matches.setdefault(fact, []).append(self._dated(condition, code, vs, onset))
-                        break
-            for fact, sets in self.ex.history_facts.items():
-                for vs in sets:
-                    if history and vs.matches_concept(code):
-                        matches.setdefault(fact, []).append(self._dated(condition, code, vs, onset))
-                        break
+
+            def dated(vs: CompiledValueSet, condition: Mapping[str, Any] = condition,
+                      code: Any = code, notes: str = notes,
+                      onset: datetime | None = onset) -> _Dated | None:
+                if vs.matches_concept(code):
+                    return self._dated(condition, code, vs, onset)
+                if vs.id in self.ex.text_only and vs.matches_text(notes):
+                    # Found in a note: name the note, not the condition it is attached to.
+                    return self._dated(condition, code, vs, onset,
+                                       label=f'{concept_label(code)}, note "{_clip(notes)}"')
+                return None
+
             if active:
-                for vs in self.ex.ces_signs:
-                    if vs.matches_concept(code) or (
-                        vs.id in self.ex.text_only and vs.matches_text(notes)
-                    ):
-                        matches.setdefault("ces_sign", []).append(
-                            self._dated(condition, code, vs, onset)
-                        )
-                        break
-        # Positive Observations of the same findings (e.g. a symptom checklist).
+                for fact, sets in self.ex.condition_facts.items():
+                    hit = next((d for d in map(dated, sets) if d is not None), None)
+                    if hit is not None:
+                        matches.setdefault(fact, []).append(hit)
+                hit = next((d for d in map(dated, self.ex.ces_signs) if d is not None), None)
+                if hit is not None:
+                    matches.setdefault("ces_sign", []).append(hit)
+            for fact, sets in self.ex.history_facts.items():
+                vs = next((v for v in sets if v.matches_concept(code)), None)
+                if vs is not None:
+                    matches.setdefault(fact, []).append(self._dated(condition, code, vs, onset))
+        # Positive Observations of the same findings (a symptom checklist, a text-only finding).
         for obs in self.record.of("Observation"):
             if not self._observation_positive(obs):
                 continue
             code = obs.get("code")
             moment = observation_time(obs)
             value_text = obs.get("valueString") if isinstance(obs.get("valueString"), str) else ""
+            label = (
+                f'{concept_label(code)}: "{_clip(value_text)}"'
+                if value_text and not NEGATIVE_VALUE.search(value_text) else None
+            )
             for vs in self.ex.ces_signs:
                 if vs.matches_concept(code) or (
                     vs.id in self.ex.text_only and vs.matches_text(value_text)
                 ):
-                    matches.setdefault("ces_sign", []).append(self._dated(obs, code, vs, moment))
+                    matches.setdefault("ces_sign", []).append(
+                        self._dated(obs, code, vs, moment, label=label)
+                    )
                     break
             for fact, sets in self.ex.condition_facts.items():
                 for vs in sets:
                     if vs.id in self.ex.text_only and (
                         vs.matches_concept(code) or vs.matches_text(value_text)
                     ):
-                        matches.setdefault(fact, []).append(self._dated(obs, code, vs, moment))
+                        matches.setdefault(fact, []).append(
+                            self._dated(obs, code, vs, moment, label=label)
+                        )
                         break
         return matches
 
     def _dated(
-        self, resource: Mapping[str, Any], code: Any, vs: CompiledValueSet, moment: datetime | None
+        self, resource: Mapping[str, Any], code: Any, vs: CompiledValueSet,
+        moment: datetime | None, label: str | None = None,
     ) -> _Dated:
+        side = self.side_of(resource, code)
+        label = label or coded_label(code, vs)
+        if side is not Side.UNKNOWN and side.value not in label.lower():
+            label = f"{label}, {side.value}"
         finding = Finding(
-            label=coded_label(code, vs),
+            label=label,
             reference=_reference(resource),
             when=moment.date() if moment else None,
         )
-        return _Dated(finding, moment, self.side_of(resource, code))
+        return _Dated(finding, moment, side)
 
     def _observation_positive(self, obs: Mapping[str, Any]) -> bool:
         if obs.get("status") not in self.t["observation_statuses"]:
@@ -299,6 +321,7 @@ class _Extraction:
     # -- strength -------------------------------------------------------------------------------
     @cached_property
     def strength(self) -> dict[str, list[StrengthGrade]]:
+        """Manual muscle test grades per muscle group, oldest first."""
         grades: dict[str, list[StrengthGrade]] = {}
         for obs in self.record.of("Observation"):
             if obs.get("status") not in self.t["observation_statuses"]:
@@ -306,6 +329,7 @@ class _Extraction:
             code = obs.get("code")
             if self.ex.not_strength.search(concept_label(code)):
                 continue
+            # Ordered: great toe before ankle, so "great toe dorsiflexion" is never the ankle.
             muscle = next((vs.id for vs in self.ex.muscles if vs.matches_concept(code)), None)
             if muscle is None:
                 continue
@@ -322,6 +346,7 @@ class _Extraction:
                     recorded_as=recorded_as,
                     when=moment,
                     reference=_reference(obs),
+                    muscle_label=self.ex.muscle_labels.get(muscle, ""),
                 )
             )
         for series in grades.values():
@@ -329,11 +354,14 @@ class _Extraction:
         return grades
 
     def _grade(self, obs: Mapping[str, Any]) -> tuple[float, str] | None:
-        if isinstance(obs.get("valueInteger"), int):
+        """An MRC 0-5 grade, or None when the value is not one (degrees, newtons, free text)."""
+        if isinstance(obs.get("valueInteger"), int) and not isinstance(obs["valueInteger"], bool):
             value = float(obs["valueInteger"])
             return (value, f"{value:g}/5") if 0 <= value <= 5 else None
         quantity = obs.get("valueQuantity")
-        if isinstance(quantity, Mapping) and isinstance(quantity.get("value"), int | float):
+        if isinstance(quantity, Mapping):
+            if not isinstance(quantity.get("value"), int | float) or quantity.get("comparator"):
+                return None
             unit = str(quantity.get("code") or quantity.get("unit") or "").lower()
             if unit not in self.ex.grade_units:
                 return None
@@ -343,15 +371,16 @@ class _Extraction:
         if not isinstance(text, str) and isinstance(obs.get("valueCodeableConcept"), Mapping):
             concept = obs["valueCodeableConcept"]
             text = concept.get("text") or next(
-                (c.get("code") for c in concept.get("coding") or () if c.get("code")), None
+                (c.get(key) for c in concept.get("coding") or () for key in ("display", "code")
+                 if isinstance(c, Mapping) and c.get(key) and _GRADE_TEXT.match(str(c[key]))),
+                None,
             )
         if isinstance(text, str):
             match = _GRADE_TEXT.match(text)
             if match:
-                base = float(match.group(1))
-                modifier = {"+": 1 / 3, "-": -1 / 3}.get(match.group(2), 0.0)
-                value = min(5.0, max(0.0, base + modifier))
-                return value, f"{match.group(1)}{match.group(2)}/5"
+                base, modifier = match.group(1), match.group(2)
+                value = min(5.0, max(0.0, float(base) + _MODIFIER[modifier]))
+                return value, f"{base}{modifier}/5"
         return None
 
     def latest_by_side(self, muscle: str) -> dict[Side, StrengthGrade]:
@@ -359,6 +388,22 @@ class _Extraction:
         for grade in self.strength.get(muscle, ()):
             latest[grade.side] = grade  # series is sorted, so the last one wins
         return latest
+
+    def weak_since(self, grade: StrengthGrade, limit: float) -> datetime:
+        """When the run of grades at or below ``limit`` that ends with ``grade`` began."""
+        start = grade.when
+        series = [
+            g for g in self.strength.get(grade.muscle, ())
+            if g.side == grade.side and g.when < grade.when
+        ]
+        for earlier in reversed(series):
+            if earlier.grade > limit + 1e-9:
+                break
+            start = earlier.when
+        return start
+
+    def weak_latest(self, muscle: str, limit: float) -> list[StrengthGrade]:
+        return [g for g in self.latest_by_side(muscle).values() if g.grade <= limit + 1e-9]
 
     # -- orders, procedures, reports ------------------------------------------------------------
     @cached_property
@@ -383,19 +428,28 @@ class _Extraction:
                         )
                     )
 
+        def occurrence(resource: Mapping[str, Any]) -> datetime | None:
+            return parse_fhir_datetime(resource.get("occurrenceDateTime")) or parse_fhir_datetime(
+                (resource.get("occurrencePeriod") or {}).get("start")
+            )
+
         for sr in self.record.of("ServiceRequest"):
             status = str(sr.get("status"))
             if status in t["order_statuses_ordered"]:
-                add(sr, sr.get("code"), status, status in t["order_statuses_performed"],
-                    parse_fhir_datetime(sr.get("authoredOn"))
-                    or parse_fhir_datetime(sr.get("occurrenceDateTime")),
-                    sr.get("priority"))
+                performed = status in t["order_statuses_performed"]
+                authored = parse_fhir_datetime(sr.get("authoredOn"))
+                # A completed order dates from when it was done; an open one from when ordered.
+                moment = (occurrence(sr) or authored) if performed else (authored or occurrence(sr))
+                add(sr, sr.get("code"), status, performed, moment, sr.get("priority"))
         for dr in self.record.of("DeviceRequest"):
             status = str(dr.get("status"))
             if status in t["order_statuses_ordered"]:
-                add(dr, dr.get("codeCodeableConcept"), status,
-                    status in t["order_statuses_performed"],
-                    parse_fhir_datetime(dr.get("authoredOn")), dr.get("priority"))
+                concept = dr.get("codeCodeableConcept") or {
+                    "text": (dr.get("codeReference") or {}).get("display", "")
+                }
+                add(dr, concept, status, status in t["order_statuses_performed"],
+                    parse_fhir_datetime(dr.get("authoredOn")) or occurrence(dr),
+                    dr.get("priority"))
         for proc in self.record.of("Procedure"):
             status = str(proc.get("status"))
             moment = parse_fhir_datetime(proc.get("performedDateTime")) or parse_fhir_datetime(
@@ -413,6 +467,8 @@ class _Extraction:
                 )
                 add(report, report.get("code"), status, True, moment, None)
         for study in self.record.of("ImagingStudy"):
+            if str(study.get("status")) not in t["imaging_statuses_done"]:
+                continue
             moment = parse_fhir_datetime(study.get("started"))
             concepts = list(study.get("procedureCode") or ())
             if study.get("description"):
@@ -432,8 +488,8 @@ class _Extraction:
                     med.get("priority"))
         return records
 
-    def of_category(self, category: str) -> list[OrderRecord]:
-        return [r for r in self.done if r.category == category]
+    def of_category(self, *categories: str) -> list[OrderRecord]:
+        return [r for r in self.done if r.category in categories]
 
     # -- labs -----------------------------------------------------------------------------------
     @cached_property
@@ -472,12 +528,7 @@ class _Extraction:
         f = self.findings
         matches = self.condition_matches
 
-        for fact in self.ex.condition_facts:
-            hits = matches.get(fact, [])
-            v[fact] = bool(hits)
-            if hits:
-                f[fact] = [h.finding for h in hits]
-        for fact in self.ex.history_facts:
+        for fact in (*self.ex.condition_facts, *self.ex.history_facts):
             hits = matches.get(fact, [])
             v[fact] = bool(hits)
             if hits:
@@ -505,42 +556,45 @@ class _Extraction:
         if born is None:
             return None
         today = self.now.date()
-        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-        return years
+        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
     def _foot_drop(self, matches: Mapping[str, list[_Dated]]) -> None:
-        t, v, f = self.t, self.values, self.findings
-        max_grade = float(t["foot_drop_max_grade"])
-        grades = self.strength.get(self.ex.dorsiflexion, [])
-        latest = self.latest_by_side(self.ex.dorsiflexion)
+        v, f = self.values, self.findings
+        max_grade = float(self.t["foot_drop_max_grade"])
+        df = self.ex.dorsiflexion
+        grades = self.strength.get(df, [])
+        latest = self.latest_by_side(df)
 
-        # Evidence per side: active foot-drop Conditions, and sides whose latest grade is weak.
+        # Since when each side is affected: active foot-drop Conditions (onset), and sides whose
+        # latest dorsiflexion grade is weak (start of the run of weak grades).
         side_dates: dict[Side, datetime | None] = {}
         evidence: list[Any] = []
         for hit in matches.get("has_foot_drop", []):
             evidence.append(hit.finding)
-            side_dates[hit.side] = _earliest(side_dates.get(hit.side, hit.moment), hit.moment)
-        weak_latest = {side: g for side, g in latest.items() if g.grade <= max_grade}
-        for side, grade in weak_latest.items():
-            run_start = grade.when
-            for earlier in reversed([g for g in grades if g.side == side and g.when < grade.when]):
-                if earlier.grade > max_grade:
-                    break
-                run_start = earlier.when
-            side_dates[side] = _earliest(side_dates.get(side, run_start), run_start)
+            side_dates[hit.side] = (
+                _earliest(side_dates[hit.side], hit.moment) if hit.side in side_dates
+                else hit.moment
+            )
+        for grade in self.weak_latest(df, max_grade):
+            start = self.weak_since(grade, max_grade)
+            side_dates[grade.side] = (
+                _earliest(side_dates[grade.side], start) if grade.side in side_dates else start
+            )
             evidence.append(grade)
 
         v["has_foot_drop"] = bool(side_dates)
         v["dorsiflexion_grades"] = tuple(grades)
         if latest:
             v["dorsiflexion_latest_grade"] = min(g.grade for g in latest.values())
+            v["dorsiflexion_recovered"] = all(g.grade >= 5 for g in latest.values())
+            if v["dorsiflexion_recovered"]:
+                f["dorsiflexion_recovered"] = list(latest.values())
         if evidence:
             f["has_foot_drop"] = evidence
         if grades:
             f["dorsiflexion_grades"] = grades
 
-        sides = set(side_dates)
-        known = sides - {Side.UNKNOWN}
+        known = set(side_dates) - {Side.UNKNOWN}
         if Side.BILATERAL in known or {Side.LEFT, Side.RIGHT} <= known:
             side = Side.BILATERAL
         elif len(known) == 1:
@@ -554,68 +608,87 @@ class _Extraction:
             v["foot_drop_onset"] = onset
             v["foot_drop_duration_days"] = max(0, (self.now.date() - onset).days)
 
-        # When both sides are affected, the red flag dates from when the second side appeared.
+        # Both feet affected: the red flag dates from when the second foot became affected.
         if side is Side.BILATERAL:
-            if Side.BILATERAL in side_dates:
-                since = side_dates[Side.BILATERAL]
-            else:
-                left, right = side_dates.get(Side.LEFT), side_dates.get(Side.RIGHT)
-                since = max(left, right) if left and right else None
-            self.bilateral_since = since
-        else:
-            self.bilateral_since = None
+            left, right = side_dates.get(Side.LEFT), side_dates.get(Side.RIGHT)
+            candidates = [side_dates.get(Side.BILATERAL)]
+            if left and right:
+                candidates.append(max(left, right))
+            dated = [c for c in candidates if c is not None]
+            self.bilateral_since = max(dated) if dated else None
 
         self._recovery(grades)
 
     def _recovery(self, grades: Sequence[StrengthGrade]) -> None:
+        """Per side: improving (latest better than a recent grade) or plateaued (latest no better
+        than it was plateau_days or more before)."""
         t, v, f = self.t, self.values, self.findings
-        improving, plateau = False, False
-        for side in {g.side for g in grades}:
+        window = timedelta(days=int(t["improving_window_days"]))
+        plateau_gap = timedelta(days=int(t["plateau_days"]))
+        improving_any, plateau_any = False, False
+        for side in dict.fromkeys(g.side for g in grades):
             series = [g for g in grades if g.side == side]
             last = series[-1]
-            window = timedelta(days=int(t["improving_window_days"]))
-            if any(g.grade < last.grade and last.when - g.when <= window for g in series[:-1]):
-                improving = True
-                f.setdefault("dorsiflexion_improving", []).extend(series[-2:])
-            plateau_gap = timedelta(days=int(t["plateau_days"]))
+            worse_before = [
+                g for g in series[:-1]
+                if g.grade < last.grade - 1e-9 and last.when - g.when <= window
+            ]
+            if worse_before:
+                improving_any = True
+                f.setdefault("dorsiflexion_improving", []).extend([worse_before[-1], last])
+            # The most recent grade at least plateau_days before the latest one.
             reference = [g for g in series if last.when - g.when >= plateau_gap]
-            if reference and last.grade <= reference[-1].grade:
-                plateau = True
+            if not reference or last.grade >= 5:
+                continue
+            since_reference = [g for g in series if g.when > reference[-1].when]
+            if all(last.grade <= g.grade + 1e-9 for g in [reference[-1], *since_reference]):
+                plateau_any = True
                 f.setdefault("dorsiflexion_recovery_plateau", []).extend([reference[-1], last])
-        v["dorsiflexion_improving"] = improving
-        v["dorsiflexion_recovery_plateau"] = plateau and not improving
+        v["dorsiflexion_improving"] = improving_any
+        v["dorsiflexion_recovery_plateau"] = plateau_any
 
     def _causes(self) -> None:
-        t, v = self.t, self.values
+        t, v, f = self.t, self.values, self.findings
         v["central_cause"] = any(v.get(c) for c in t["central_causes"])
         v["peripheral_cause"] = any(v.get(c) for c in t["peripheral_causes"])
+        for fact, causes in (("central_cause", t["central_causes"]),
+                             ("peripheral_cause", t["peripheral_causes"])):
+            items = [item for c in causes for item in f.get(c, [])]
+            if items:
+                f[fact] = items
         localising = any(v.get(c) for c in t["localising_causes"])
         v["cause_known"] = localising or bool(v.get("has_peroneal_neuropathy"))
         v["cause_unknown_or_peroneal_only"] = not localising
         radicular = v.get("has_lumbar_radiculopathy") or v.get("has_lumbar_disc_herniation")
-        weak = any(
-            g.grade < 5
+        weak = [
+            g
             for muscle in self.strength
             for g in self.latest_by_side(muscle).values()
+            if g.grade < 5
+        ]
+        v["has_radiculopathy_with_motor_deficit"] = bool(
+            radicular and (weak or v.get("has_foot_drop"))
         )
-        v["has_radiculopathy_with_motor_deficit"] = bool(radicular and weak)
 
     def _red_flags(self, matches: Mapping[str, list[_Dated]]) -> None:
         t, v, f = self.t, self.values, self.findings
         flags: list[tuple[str, date]] = []
+        df = self.ex.dorsiflexion
 
-        # Progressive weakness: same side, both recent, no more than the window apart, fell by >= 1.
+        # Progressive weakness: same side, both recent, no more than the window apart, and the
+        # later grade at least one MRC grade below the earlier one.
         window = timedelta(days=int(t["progression_window_days"]))
         drop = float(t["progression_min_drop"])
-        recent = [g for g in self.strength.get(self.ex.dorsiflexion, []) if self.recent(g.when)]
+        recent = [g for g in self.strength.get(df, []) if self.recent(g.when)]
         progression: list[StrengthGrade] = []
         for i, earlier in enumerate(recent):
             for later in recent[i + 1:]:
+                fell = max(earlier.grade - later.grade, earlier.base_grade - later.base_grade)
                 if (
                     later.side == earlier.side
                     and later.when > earlier.when
                     and later.when - earlier.when <= window
-                    and earlier.grade - later.grade >= drop - 1e-9
+                    and fell >= drop - 1e-9
                 ):
                     progression = [earlier, later]
         if progression:
@@ -623,15 +696,17 @@ class _Extraction:
             f["red_flag_progressive_weakness"] = progression
             flags.append(("progressive weakness", progression[-1].day))
 
-        # Bilateral foot drop, recent.
+        # Bilateral foot drop that became bilateral recently.
         if self.bilateral_since is not None and self.recent(self.bilateral_since):
             v["red_flag_bilateral_foot_drop"] = True
             f["red_flag_bilateral_foot_drop"] = list(f.get("has_foot_drop", []))
             flags.append(("bilateral foot drop", self.bilateral_since.date()))
 
         # Cauda equina signs, recent and active, with foot drop or lumbar radicular disease.
-        context = v.get("has_foot_drop") or v.get("has_lumbar_radiculopathy") or v.get(
-            "has_lumbar_disc_herniation"
+        context = (
+            v.get("has_foot_drop")
+            or v.get("has_lumbar_radiculopathy")
+            or v.get("has_lumbar_disc_herniation")
         )
         signs = [h for h in matches.get("ces_sign", []) if self.recent(h.moment)]
         if context and signs:
@@ -639,26 +714,24 @@ class _Extraction:
             f["red_flag_cauda_equina"] = [h.finding for h in signs]
             flags.append(("cauda equina signs", max(h.moment for h in signs if h.moment).date()))
 
-        # Multi-level motor deficit: weak dorsiflexion and another weak lower-limb group, recent.
+        # Multi-level motor deficit: weak dorsiflexion and another weak lower-limb group, where
+        # the combination began recently (a long-standing, stable deficit is not a red flag).
         limit = float(t["multilevel_max_grade"])
-        weak_df = [
-            g for g in self.latest_by_side(self.ex.dorsiflexion).values()
-            if g.grade <= limit and self.recent(g.when)
-        ]
+        weak_df = self.weak_latest(df, limit)
         weak_other = [
-            g
-            for muscle in self.strength
-            if muscle != self.ex.dorsiflexion
-            for g in self.latest_by_side(muscle).values()
-            if g.grade <= limit and self.recent(g.when)
+            g for muscle in self.strength if muscle != df for g in self.weak_latest(muscle, limit)
         ]
-        if weak_df and weak_other:
-            v["red_flag_multilevel_deficit"] = True
-            f["red_flag_multilevel_deficit"] = weak_df + weak_other
-            flags.append(("multi-level motor deficit",
-                          max(g.when for g in weak_df + weak_other).date()))
         if weak_other:
             v["other_weak_muscles"] = tuple(weak_other)
+        if weak_df and weak_other:
+            since = max(
+                min(self.weak_since(g, limit) for g in weak_df),
+                min(self.weak_since(g, limit) for g in weak_other),
+            )
+            if self.recent(since):
+                v["red_flag_multilevel_deficit"] = True
+                f["red_flag_multilevel_deficit"] = weak_df + weak_other
+                flags.append(("multi-level motor deficit", since.date()))
 
         v["has_red_flag"] = bool(flags)
         if flags:
@@ -682,26 +755,40 @@ class _Extraction:
             f["lumbar_mri_ordered"] = mri
         performed = [r for r in mri if r.performed]
         v["lumbar_mri_performed"] = bool(performed)
+        if performed:
+            f["lumbar_mri_performed"] = performed
         since = v.get("red_flag_since")
+        urgent = set(t["urgent_priorities"])
         if since is not None:
+            # Answered only by an MRI done, or ordered urgent/stat, on or after the latest red flag.
             answering = [
                 r for r in mri
-                if r.when is not None and r.when >= since
-                and (r.performed or r.priority in t["urgent_priorities"])
+                if r.when is not None and r.when >= since and (r.performed or r.priority in urgent)
             ]
             v["lumbar_mri_urgent_since_red_flag"] = bool(answering)
             if answering:
                 f["lumbar_mri_urgent_since_red_flag"] = answering
-        simple = {
+            referred = [
+                r for r in self.of_category("spine-surgery-referral")
+                if r.when is not None and r.when >= since and r.priority in urgent
+            ]
+            v["spine_surgery_referral_since_red_flag"] = bool(referred)
+            if referred:
+                f["spine_surgery_referral_since_red_flag"] = referred
+        any_status = {
             "ncs_emg_done": ("ncs-emg",),
             "afo_done": ("afo",),
             "fes_done": ("fes",),
             "afo_or_fes_done": ("afo", "fes"),
             "pt_referral_done": ("physical-therapy",),
             "botulinum_toxin_done": ("botulinum-toxin",),
+            "lumbar_decompression_ordered": ("lumbar-decompression",),
+            "spine_surgery_referral_done": ("spine-surgery-referral",),
+            "peroneal_decompression_done": ("peroneal-nerve-decompression",),
+            "tendon_transfer_or_arthrodesis_ordered": ("tendon-transfer", "ankle-arthrodesis"),
         }
-        for fact, categories in simple.items():
-            hits = [r for c in categories for r in self.of_category(c)]
+        for fact, categories in any_status.items():
+            hits = self.of_category(*categories)
             v[fact] = bool(hits)
             if hits:
                 f[fact] = hits
@@ -710,13 +797,12 @@ class _Extraction:
             "tendon_transfer_or_arthrodesis_done": ("tendon-transfer", "ankle-arthrodesis"),
         }
         for fact, categories in performed_only.items():
-            hits = [r for c in categories for r in self.of_category(c) if r.performed]
+            hits = [r for r in self.of_category(*categories) if r.performed]
             v[fact] = bool(hits)
             if hits:
                 f[fact] = hits
         dalfampridine = [
-            r for r in self.of_category("dalfampridine")
-            if r.resource_type == "MedicationRequest"
+            r for r in self.of_category("dalfampridine") if r.resource_type == "MedicationRequest"
         ]
         v["on_dalfampridine"] = bool(dalfampridine)
         if dalfampridine:
@@ -728,7 +814,7 @@ class _Extraction:
         recent = [lab for lab in self.labs if self.now - lab.when <= lookback]
         crcl = [lab for lab in recent if lab.kind == "creatinine-clearance"]
         egfr = [lab for lab in recent if lab.kind == "egfr"]
-        v["renal_function_known"] = bool(recent)
+        v["renal_function_known"] = bool(recent)  # CrCl, eGFR or serum creatinine
         if recent:
             f["renal_function_known"] = recent[-1:]
         if crcl:
@@ -749,10 +835,21 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(a, b)
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _side_from_text(text: str) -> Side:
-    for pattern, side in _SIDE_TEXT:
-        if pattern.search(text):
-            return side
+    if _BILATERAL_TEXT.search(text):
+        return Side.BILATERAL
+    left, right = bool(_LEFT_TEXT.search(text)), bool(_RIGHT_TEXT.search(text))
+    if left and right:
+        return Side.BILATERAL
+    if left:
+        return Side.LEFT
+    if right:
+        return Side.RIGHT
     return Side.UNKNOWN
 
 

@@ -46,14 +46,28 @@ class StrengthGrade:
     recorded_as: str
     when: datetime
     reference: str
+    muscle_label: str = ""
 
     @property
     def day(self) -> date:
         return self.when.date()
 
+    @property
+    def base_grade(self) -> int:
+        """The MRC grade without its +/- modifier: 3 for "3-/5", "3/5" and "3+/5"."""
+        head = self.recorded_as.split("/")[0].rstrip("+-").strip()
+        try:
+            return int(float(head))
+        except ValueError:
+            return int(self.grade)
+
     def describe(self) -> str:
-        side = "" if self.side is Side.UNKNOWN else f"{self.side.value} "
-        return f"{side}{self.recorded_as} on {self.day.isoformat()}"
+        """'left ankle dorsiflexion 3-/5 on 2026-11-12'."""
+        words = [] if self.side is Side.UNKNOWN else [self.side.value]
+        if self.muscle_label:
+            words.append(self.muscle_label)
+        words.append(f"{self.recorded_as} on {self.day.isoformat()}")
+        return " ".join(words)
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,8 @@ class PatientFacts:
     dorsiflexion_latest_grade: float | None = None
     dorsiflexion_improving: bool = False
     dorsiflexion_recovery_plateau: bool = False
+    # Every side's latest dorsiflexion grade is full strength (5/5).
+    dorsiflexion_recovered: bool = False
     dorsiflexion_grades: tuple[StrengthGrade, ...] = ()
     other_weak_muscles: tuple[StrengthGrade, ...] = ()
 
@@ -155,7 +171,12 @@ class PatientFacts:
     fes_done: bool = False
     pt_referral_done: bool = False
     lumbar_decompression_done: bool = False
+    lumbar_decompression_ordered: bool = False
+    spine_surgery_referral_done: bool = False
+    spine_surgery_referral_since_red_flag: bool = False
+    peroneal_decompression_done: bool = False
     tendon_transfer_or_arthrodesis_done: bool = False
+    tendon_transfer_or_arthrodesis_ordered: bool = False
     botulinum_toxin_done: bool = False
     on_dalfampridine: bool = False
 
@@ -181,7 +202,12 @@ class PatientFacts:
 
 @dataclass(frozen=True)
 class SelectedOrder:
-    """A draft order the clinician selected (order-select), classified against the value sets."""
+    """A draft order the clinician selected (order-select), classified against the value sets.
+
+    ``session_categories`` / ``session_urgent_categories`` describe *all* draft orders of the order
+    session (selected or not, this one included): rules read them as ``order.draft_has_<c>`` and
+    ``order.draft_has_urgent_<c>`` to avoid suggesting what is already being ordered.
+    """
 
     reference: str
     resource_type: str
@@ -192,12 +218,33 @@ class SelectedOrder:
     priority: str | None = None
     dose_mg: float | None = None
     doses_per_day: float | None = None
+    daily_dose_mg: float | None = None
+    dosage_text: str | None = None
+    session_categories: frozenset[str] = frozenset()
+    session_urgent_categories: frozenset[str] = frozenset()
     resource: Mapping[str, Any] = field(default_factory=dict)
 
-    def value(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> bool:
+        # Only called for names that are not fields: is_<c>, draft_has_<c>, draft_has_urgent_<c>
+        # (rules read them as order.<name>, card templates as attributes).
+        if name.startswith("draft_has_urgent_"):
+            return name[17:].replace("_", "-") in self.session_urgent_categories
+        if name.startswith("draft_has_"):
+            return name[10:].replace("_", "-") in self.session_categories
         if name.startswith("is_"):
             return name[3:].replace("_", "-") in self.categories
+        raise AttributeError(name)
+
+    def value(self, name: str) -> Any:
         return getattr(self, name)
+
+    def describe(self) -> str:
+        parts = [self.label]
+        if self.dosage_text:
+            parts.append(self.dosage_text)
+        if self.priority:
+            parts.append(f"priority {self.priority}")
+        return f"{', '.join(parts)} ({self.reference})"
 
 
 ORDER_CATEGORIES = (
@@ -212,6 +259,7 @@ ORDER_CATEGORIES = (
     "ncs-emg",
     "lumbar-decompression",
     "botulinum-toxin",
+    "spine-surgery-referral",
 )
 
 PATIENT_FACT_NAMES: frozenset[str] = frozenset(
@@ -220,9 +268,12 @@ PATIENT_FACT_NAMES: frozenset[str] = frozenset(
 ORDER_FACT_NAMES: frozenset[str] = frozenset(
     {
         f"order.{n}"
-        for n in ("label", "status", "priority", "dose_mg", "doses_per_day", "resource_type")
+        for n in ("label", "status", "priority", "dose_mg", "doses_per_day", "daily_dose_mg",
+                  "resource_type")
     }
-    | {"order.is_" + c.replace("-", "_") for c in ORDER_CATEGORIES}
+    | {f"order.{prefix}{c.replace('-', '_')}"
+       for c in ORDER_CATEGORIES
+       for prefix in ("is_", "draft_has_", "draft_has_urgent_")}
 )
 
 

@@ -91,9 +91,10 @@ def iter_resources(value: Any) -> Iterable[Mapping[str, Any]]:
         entries = value.get("entry")
         if isinstance(entries, list):
             for entry in entries:
-                if isinstance(entry, Mapping):
+                # dicts (what orjson makes) skip the slower abstract-base-class check
+                if isinstance(entry, (dict, Mapping)):
                     resource = entry.get("resource")
-                    if isinstance(resource, Mapping):
+                    if isinstance(resource, (dict, Mapping)):
                         if resource.get("resourceType") == "Bundle":
                             yield from iter_resources(resource)
                         else:
@@ -104,13 +105,15 @@ def iter_resources(value: Any) -> Iterable[Mapping[str, Any]]:
 
 def refers_to_patient(reference: Any, patient_id: str) -> bool:
     """True for ``Patient/<id>`` (relative or absolute, optionally with _history)."""
-    if not isinstance(reference, Mapping):
+    if not isinstance(reference, (dict, Mapping)):
         return False
     ref = reference.get("reference")
     if not isinstance(ref, str):
         return False
-    ref = ref.split("/_history/")[0]
     target = f"Patient/{patient_id}"
+    if ref == target:
+        return True
+    ref = ref.split("/_history/")[0]
     return ref == target or ref.endswith("/" + target)
 
 
@@ -126,7 +129,7 @@ def normalise_quirks(resource: dict[str, Any]) -> dict[str, Any]:
 
 def validate(resource: Mapping[str, Any]) -> dict[str, Any] | None:
     resource_type = resource.get("resourceType")
-    if resource_type not in _MODULES:
+    if not isinstance(resource_type, str) or resource_type not in _MODULES:
         return None
     fixed = normalise_quirks(dict(resource))
     try:
@@ -157,7 +160,7 @@ def read_patient_record(
                     continue
                 record.patient = valid
                 continue
-            if resource_type not in _PATIENT_FIELDS:
+            if not isinstance(resource_type, str) or resource_type not in _PATIENT_FIELDS:
                 stats.irrelevant += 1
                 continue
             if not refers_to_patient(resource.get(_PATIENT_FIELDS[resource_type]), patient_id):

@@ -1,5 +1,23 @@
 """Drop resources no rule can use before they are validated: the cost of a request should grow
-with the data the rules need, not with the size of the chart."""
+with the data the rules need, not with the size of the chart.
+
+Fact extraction reads clinical resources only through value sets (``cards/valuesets``), so a
+resource whose coded or text members match no value set at all cannot change any fact. The filter
+therefore checks each resource, by type, against the merged codes and text patterns of *every*
+value set (not only the ones ``facts.yaml`` names today: a fact added tomorrow keeps its data):
+
+- Observation: ``code``, ``valueCodeableConcept``, ``valueString`` (text-only findings such as
+  saddle anaesthesia are read from valueString);
+- Condition: ``code``, and ``note`` text (text-only findings are read from notes);
+- ServiceRequest/Procedure/DiagnosticReport ``code``, DeviceRequest ``codeCodeableConcept``,
+  ImagingStudy ``procedureCode`` and ``description``;
+- Patient, MedicationRequest (few, and the sandbox quirks are normalised at validation) and any
+  other type: kept.
+
+If fact extraction starts reading another member through a value set, add it here;
+``tests/fhir/test_relevance.py`` checks that the facts are the same with and without the filter.
+A member of an unexpected type keeps the resource: validation decides what happens to it.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +25,59 @@ from collections.abc import Mapping
 from typing import Any
 
 from cds_service.knowledge.loader import Knowledge
-from cds_service.knowledge.valuesets import CompiledValueSet
+from cds_service.knowledge.valuesets import ValueSetIndex
+
+# Coded members fact extraction reads, per resource type.
+_ORDER_CONCEPTS = {
+    "ServiceRequest": "code",
+    "DeviceRequest": "codeCodeableConcept",
+    "Procedure": "code",
+    "DiagnosticReport": "code",
+}
 
 
 class RelevanceFilter:
     def __init__(self, knowledge: Knowledge) -> None:
-        t = knowledge.thresholds
-        names: list[str] = [*t["muscle_groups"], *t["lab_categories"], *t["cauda_equina_signs"]]
-        for sets in t["condition_facts"].values():
-            names.extend(sets)
-        self.observation_sets: tuple[CompiledValueSet, ...] = tuple(
-            knowledge.valueset(n) for n in dict.fromkeys(names)
-        )
+        self.index = ValueSetIndex(knowledge.valuesets.values())
 
     def __call__(self, resource: Mapping[str, Any]) -> bool:
-        if resource.get("resourceType") != "Observation":
+        index = self.index
+        resource_type = resource.get("resourceType")
+        if resource_type == "Observation":
+            return (
+                index.matches_concept(resource.get("code"))
+                or index.matches_text(resource.get("valueString"))
+                or index.matches_concept(resource.get("valueCodeableConcept"))
+            )
+        if resource_type == "Condition":
+            return index.matches_concept(resource.get("code")) or self._notes_match(
+                resource.get("note")
+            )
+        if not isinstance(resource_type, str):
             return True
-        code = resource.get("code")
-        return any(vs.matches_concept(code) for vs in self.observation_sets)
+        field = _ORDER_CONCEPTS.get(resource_type)
+        if field is not None:
+            return index.matches_concept(resource.get(field))
+        if resource_type == "ImagingStudy":
+            codes = resource.get("procedureCode")
+            if codes is not None and not isinstance(codes, list):
+                return True
+            return any(index.matches_concept(c) for c in codes or ()) or index.matches_text(
+                resource.get("description")
+            )
+        return True
+
+    def _notes_match(self, notes: Any) -> bool:
+        """Notes are read as one text, joined as fact extraction joins them."""
+        if not notes:
+            return False
+        if not isinstance(notes, list):
+            return True
+        texts = []
+        for note in notes:
+            if isinstance(note, Mapping):
+                text = note.get("text", "")
+                if not isinstance(text, str):
+                    return True
+                texts.append(text)
+        return self.index.matches_text(" ".join(texts))

@@ -3,7 +3,7 @@ errors included. Flask-Cors does the work; origins come from CDS_CORS_ORIGINS.""
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 from flask_cors import CORS
 
 from cds_service.config import Settings
@@ -21,3 +21,10 @@ def init_app(app: Flask, settings: Settings) -> None:
         max_age=600,
         always_send=True,
     )
+    if origins != "*":
+        # The allow header depends on the caller's Origin (Flask-Cors adds Vary only when more
+        # than one origin is listed), so no shared cache may replay one origin's answer to another.
+        @app.after_request
+        def vary_on_origin(response: Response) -> Response:
+            response.vary.add("Origin")
+            return response

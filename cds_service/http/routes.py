@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from cds_service.http.errors import error_response, operation_outcome
 from cds_service.logs import log_event
@@ -34,6 +34,12 @@ def json_body() -> Any:
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise UnsupportedMediaType()
     raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A chunked body is cut at the limit by Werkzeug without an error: if it filled the
+        # limit, it did not fit (one of exactly the limit is refused too: it cannot be told
+        # apart without reading past the limit).
+        raise RequestEntityTooLarge()
     if not raw.strip():
         raise RequestError(400, "invalid-json", "request body is empty")
     try:
@@ -127,7 +133,10 @@ def _parse_rfc3339(value: str) -> datetime | None:
         return None
     if moment.tzinfo is None:
         return None
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        return None
 
 
 def _notify(event: str, service_id: str, payload: Any) -> None:

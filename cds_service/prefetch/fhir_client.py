@@ -1,12 +1,16 @@
 """Fetch FHIR data from the EHR's server within a hard per-request deadline.
 
-Bodies are streamed and the deadline is checked between chunks, so a server that drips bytes
-cannot hold a worker past the budget; ``next`` links are followed only on the same server (the
-access token never goes anywhere else), loops are detected, and pages and bytes are capped.
+Bodies are streamed and the deadline is checked between chunks, and each socket read may block
+only for what is left of the budget, so a server that drips bytes or stalls mid-body cannot hold a
+worker past the deadline. ``next`` links are followed only on the same server (the access token
+never goes anywhere else), loops are detected, and pages and bytes are capped. Compressed bodies
+(gzip/deflate, which ``requests`` asks for) are decoded chunk by chunk, and the byte cap counts
+decoded bytes, so a compression bomb stops at the cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -62,23 +66,32 @@ def _read_json(
         raise FetchFailed("timeout") from exc
     except requests.RequestException as exc:
         raise FetchFailed("unreachable") from exc
+    complete = False  # the whole body was read: the connection can serve the next request
     try:
         status = response.status_code
         if status in (401, 403):
             raise FetchFailed("unauthorized")
         if status >= 500:
             raise FetchFailed("server-error")
+        declared = _declared_length(response)
+        if declared is not None and declared > max_bytes:
+            raise FetchFailed("too-large")  # no need to read what will be refused
         chunks: list[bytes] = []
         size = 0
         raw = response.raw
-        while True:
-            if time.monotonic() > deadline:
+        while not complete:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise FetchFailed("timeout")
+            _limit_socket_wait(raw, remaining)
             try:
-                chunk = raw.read1(65536) if hasattr(raw, "read1") else raw.read(65536)
-            except Exception as exc:  # urllib3 read timeouts and protocol errors
+                # read1: whatever one socket read gives (a drip cannot make it wait for 64 KB);
+                # decode_content: gzip/deflate bodies are decoded, at most 64 KB per call.
+                chunk = raw.read1(65536, decode_content=True)
+            except Exception as exc:  # urllib3 read timeouts, protocol and decoding errors
                 raise FetchFailed("timeout" if "timed out" in str(exc) else "unreachable") from exc
             if not chunk:
+                complete = True
                 break
             size += len(chunk)
             if size > max_bytes:
@@ -93,7 +106,34 @@ def _read_json(
         except orjson.JSONDecodeError as exc:
             raise FetchFailed("invalid-json") from exc
     finally:
-        response.close()
+        if complete:
+            response.raw.release_conn()  # keep-alive: the next page or key reuses it
+        else:
+            response.close()  # abandoned mid-body: drop the connection, the server sees it close
+
+
+def _declared_length(response: requests.Response) -> int | None:
+    """Content-Length of an uncompressed body (a compressed one says nothing about its size)."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None
+    try:
+        return int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+
+
+def _limit_socket_wait(raw: Any, seconds: float) -> None:
+    """Let the next socket read block for at most ``seconds``.
+
+    The read timeout given to ``requests`` applies to each socket read from the moment it starts,
+    so a read started just before the deadline could otherwise block for a whole timeout past it.
+    """
+    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):  # already closed: the read will say so
+        sock.settimeout(max(seconds, 0.001))
 
 
 def fetch(

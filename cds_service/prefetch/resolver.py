@@ -3,7 +3,9 @@
 - present key: use it; ``null`` means the EHR has no such data (not a failure);
 - an OperationOutcome value: the EHR could not fetch it, so it counts as missing;
 - missing key: fetch it from ``fhirServer`` by expanding our own template, with the bearer
-  token the EHR sent; all missing keys are fetched concurrently within one deadline.
+  token the EHR sent; all missing keys are fetched concurrently within one deadline;
+- a searchset the EHR sent with a ``next`` link (2.0 allows paged prefetch): the remaining pages
+  are fetched from ``fhirServer`` like a missing key (same server only, same page cap).
 
 Keys whose data cannot be obtained and whose failure mode is ``fail`` are reported; the HTTP layer
 answers 412 naming them.
@@ -16,6 +18,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -51,6 +54,50 @@ def _is_operation_outcome(value: Any) -> bool:
     return isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
 
 
+def _next_link(value: Any) -> str | None:
+    if not isinstance(value, Mapping) or value.get("resourceType") != "Bundle":
+        return None
+    links = value.get("link")
+    for link in links if isinstance(links, list) else ():
+        if (isinstance(link, Mapping) and link.get("relation") == "next"
+                and isinstance(link.get("url"), str) and link["url"].strip()):
+            return link["url"].strip()
+    return None
+
+
+def complete_pages(
+    session: requests.Session,
+    server: str,
+    first_page: Mapping[str, Any],
+    token: str | None,
+    deadline: float,
+    limits: FetchLimits,
+) -> FetchResult:
+    """Fetch the pages after ``first_page`` (a searchset the EHR sent) and merge them into one
+    Bundle; the page cap counts the EHR's page. ``pages`` counts only the pages fetched here."""
+    base = server.rstrip("/") + "/"
+    next_url = urljoin(base, str(_next_link(first_page)))
+    there, here = urlsplit(next_url), urlsplit(base)
+    if (there.scheme, there.netloc) != (here.scheme, here.netloc) or not there.path.startswith(
+        here.path
+    ):
+        raise FetchFailed("foreign-next-link")  # the access token goes to fhirServer only
+    entries = first_page.get("entry")
+    entries = list(entries) if isinstance(entries, list) else []
+    if limits.max_pages <= 1:
+        return FetchResult({"resourceType": "Bundle", "type": "searchset", "entry": entries},
+                           0, True)
+    rest = fetch(session, server, next_url, token, deadline,
+                 FetchLimits(limits.max_pages - 1, limits.max_bytes))
+    if not isinstance(rest.value, Mapping) or rest.value.get("resourceType") != "Bundle":
+        raise FetchFailed("not-a-bundle")
+    more = rest.value.get("entry")
+    entries.extend(more if isinstance(more, list) else [])
+    truncated = rest.truncated or _next_link(rest.value) is not None
+    return FetchResult({"resourceType": "Bundle", "type": "searchset", "entry": entries},
+                       rest.pages, truncated)
+
+
 def resolve_prefetch(
     service: ServiceSpec,
     request: HookRequest,
@@ -63,6 +110,7 @@ def resolve_prefetch(
 ) -> PrefetchResult:
     result = PrefetchResult()
     missing: dict[str, str] = {}
+    paged: dict[str, Mapping[str, Any]] = {}  # searchsets the EHR sent with a next link
     for spec in service.prefetch:
         if spec.key in request.prefetch:
             value = request.prefetch[spec.key]
@@ -71,16 +119,26 @@ def resolve_prefetch(
                 result.sources[spec.key] = "null"
                 continue
             if not _is_operation_outcome(value) and isinstance(value, Mapping):
+                if _next_link(value) is not None:
+                    paged[spec.key] = value
+                    continue
                 result.values[spec.key] = value
                 result.sources[spec.key] = "prefetch"
                 continue
         missing[spec.key] = spec.template
 
-    if not missing:
+    if not missing and not paged:
         return result
     modes = {spec.key: spec.on_failure for spec in service.prefetch}
 
     def fail(key: str, reason: str) -> None:
+        if key in paged:
+            # The EHR sent the first page(s): reading them beats a 412 that would hide a red
+            # flag already in hand. The gap is logged as a truncated key.
+            result.values[key] = paged[key]
+            result.sources[key] = "prefetch"
+            result.truncated_keys.append(key)
+            return
         target = result.failures if modes[key] == "fail" else result.omitted
         target.append(KeyFailure(key, reason))
         if modes[key] != "fail":
@@ -88,12 +146,14 @@ def resolve_prefetch(
 
     server = request.fhir_server
     if not server:
-        for key in missing:
+        for key in [*missing, *paged]:
             fail(key, "no-fhir-server")
+        result.failures.sort(key=lambda f: f.key)
         return result
     if require_https and not server.startswith("https://"):
-        for key in missing:
+        for key in [*missing, *paged]:
             fail(key, "fhir-server-not-https")
+        result.failures.sort(key=lambda f: f.key)
         return result
 
     deadline = time.monotonic() + budget_seconds
@@ -107,6 +167,11 @@ def resolve_prefetch(
         futures[
             executor.submit(fetch, session, server, relative, request.access_token, deadline,
                             limits)
+        ] = key
+    for key, first_page in paged.items():
+        futures[
+            executor.submit(complete_pages, session, server, first_page, request.access_token,
+                            deadline, limits)
         ] = key
     done, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()) + 0.05)
     for future in not_done:
@@ -123,7 +188,7 @@ def resolve_prefetch(
             fail(key, "fetch-error")
             continue
         result.values[key] = fetched.value
-        result.sources[key] = "fetched"
+        result.sources[key] = "prefetch" if key in paged else "fetched"
         result.fetched_pages += fetched.pages
         if fetched.truncated:
             result.truncated_keys.append(key)

@@ -58,6 +58,7 @@ def _template_vars(match: RuleMatch, ctx: RenderContext) -> dict[str, Any]:
     return {
         "facts": match.view.patient,
         "order": match.view.order,
+        "orders": match.orders,
         "patient_id": ctx.patient_id,
         "user_id": ctx.user_id,
         "encounter_id": ctx.encounter_id,

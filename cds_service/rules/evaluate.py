@@ -1,9 +1,16 @@
-"""Apply the recommendations of one hook to the facts: which fire, at which indicator."""
+"""Apply the recommendations of one hook to the facts: which fire, at which indicator.
+
+Per-order rules (``for_each: selected-order``) are evaluated once per selected draft order. A
+per-order rule none of whose actions targets the selected order (it only creates resources, or
+has no suggestions) would give the same card once per triggering order; such matches are folded
+into one card: the most severe indicator, the suggestions of all matches (each once, in file
+order), and ``orders`` listing every order that triggered it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cds_service.facts.model import FactView, PatientFacts, SelectedOrder
 from cds_service.knowledge.loader import Knowledge, Recommendation, SuggestionSpec
@@ -17,10 +24,15 @@ class RuleMatch:
     indicator: str
     view: FactView
     suggestions: tuple[SuggestionSpec, ...]
+    orders: tuple[SelectedOrder, ...] = ()
 
     @property
     def order(self) -> SelectedOrder | None:
         return self.view.order
+
+
+def targets_selected_order(rec: Recommendation) -> bool:
+    return any(a.targets_selected_order for s in rec.suggestions for a in s.actions)
 
 
 def evaluate(
@@ -36,6 +48,7 @@ def evaluate(
             if rec.per_selected_order
             else [FactView(facts)]
         )
+        rec_matches: list[RuleMatch] = []
         for view in views:
             if not rec.when(view):
                 continue
@@ -44,7 +57,20 @@ def evaluate(
                 if condition(view) and SEVERITY[escalated] < SEVERITY[indicator]:
                     indicator = escalated
             suggestions = tuple(s for s in rec.suggestions if s.when is None or s.when(view))
-            matches.append(RuleMatch(rec, indicator, view, suggestions))
+            orders = (view.order,) if view.order is not None else ()
+            rec_matches.append(RuleMatch(rec, indicator, view, suggestions, orders))
+        if rec.per_selected_order and len(rec_matches) > 1 and not targets_selected_order(rec):
+            rec_matches = [_fold(rec_matches)]
+        matches.extend(rec_matches)
     matches.sort(key=lambda m: (SEVERITY[m.indicator], m.recommendation.rank,
                                 m.recommendation.id))
     return matches
+
+
+def _fold(same_rule: list[RuleMatch]) -> RuleMatch:
+    """One card for a per-order rule whose suggestions do not depend on which order fired it."""
+    lead = min(same_rule, key=lambda m: SEVERITY[m.indicator])
+    keys = {s.key for m in same_rule for s in m.suggestions}
+    suggestions = tuple(s for s in lead.recommendation.suggestions if s.key in keys)
+    orders = tuple(o for m in same_rule for o in m.orders)
+    return replace(lead, suggestions=suggestions, orders=orders)

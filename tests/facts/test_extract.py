@@ -1,0 +1,626 @@
+"""Fact extraction (facts/extract.py) from hand-built FHIR resources, with an explicit ``now``."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from cds_service.config import PROJECT_ROOT
+from cds_service.facts.extract import FactExtractor, parse_fhir_datetime
+from cds_service.facts.model import PatientFacts, Side
+from cds_service.fhir.record import read_patient_record
+from cds_service.knowledge.loader import load_knowledge
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+PID = "fd-unit"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
+SCT = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+CPT = "http://www.ama-assn.org/go/cpt"
+SITES = {"left": "7771000", "right": "24028007", "bilateral": "51440002"}
+DF = "Ankle dorsiflexion strength"
+
+
+@pytest.fixture(scope="module")
+def extractor() -> FactExtractor:
+    return FactExtractor(load_knowledge(PROJECT_ROOT / "cards"))
+
+
+def ago(days: float, as_date: bool = False) -> str:
+    moment = NOW - timedelta(days=days)
+    return moment.date().isoformat() if as_date else moment.isoformat().replace("+00:00", "Z")
+
+
+_counter = iter(range(10**6))
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{next(_counter)}"
+
+
+def condition(system: str, code: str, display: str = "", onset: float | None = 10,
+              clinical: str | None = "active", verification: str | None = "confirmed",
+              site: str | None = None, site_text: str | None = None, note: str | None = None,
+              recorded: float | None = None, patient: str = PID, **extra: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Condition", "id": _id("c"),
+                         "subject": {"reference": f"Patient/{patient}"},
+                         "code": {"coding": [{"system": system, "code": code, "display": display}],
+                                  "text": display or code}}
+    if clinical:
+        r["clinicalStatus"] = {"coding": [{"code": clinical}]}
+    if verification:
+        r["verificationStatus"] = {"coding": [{"code": verification}]}
+    if onset is not None:
+        r["onsetDateTime"] = ago(onset, as_date=True)
+    if recorded is not None:
+        r["recordedDate"] = ago(recorded, as_date=True)
+    if site or site_text:
+        concept: dict[str, Any] = {}
+        if site:
+            concept["coding"] = [{"system": SCT, "code": SITES[site]}]
+        if site_text:
+            concept["text"] = site_text
+        r["bodySite"] = [concept]
+    if note:
+        r["note"] = [{"text": note}]
+    r.update(extra)
+    return r
+
+
+def obs(text: str, days: float, side: str | None = None, status: str = "final",
+        patient: str = PID, **value: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "Observation", "id": _id("o"), "status": status,
+                         "subject": {"reference": f"Patient/{patient}"},
+                         "code": {"text": text}, "effectiveDateTime": ago(days)}
+    if side:
+        r["bodySite"] = {"coding": [{"system": SCT, "code": SITES[side]}]}
+    r.update(value)
+    return r
+
+
+def df(grade: Any, days: float, side: str | None = "left", **kw: Any) -> dict[str, Any]:
+    if isinstance(grade, str):
+        return obs(DF, days, side, valueString=grade, **kw)
+    return obs(DF, days, side, valueInteger=grade, **kw)
+
+
+def muscle(text: str, grade: int, days: float, side: str | None = "left") -> dict[str, Any]:
+    return obs(text, days, side, valueInteger=grade)
+
+
+def order(resource_type: str, text: str, status: str = "active", days: float = 5,
+          priority: str | None = None, coding: dict[str, str] | None = None,
+          **extra: Any) -> dict[str, Any]:
+    concept: dict[str, Any] = {"text": text}
+    if coding:
+        concept["coding"] = [coding]
+    r: dict[str, Any] = {"resourceType": resource_type, "id": _id(resource_type.lower()),
+                         "status": status, "subject": {"reference": f"Patient/{PID}"}}
+    if resource_type == "ServiceRequest":
+        r.update(intent="order", code=concept, authoredOn=ago(days))
+    elif resource_type == "DeviceRequest":
+        r.update(intent="order", codeCodeableConcept=concept, authoredOn=ago(days))
+    elif resource_type == "Procedure":
+        r.update(code=concept, performedDateTime=ago(days))
+    elif resource_type == "DiagnosticReport":
+        r.update(code=concept, effectiveDateTime=ago(days))
+    elif resource_type == "MedicationRequest":
+        r.update(intent="order", medicationCodeableConcept=concept, authoredOn=ago(days))
+    if priority:
+        r["priority"] = priority
+    r.update(extra)
+    return r
+
+
+def lab(text: str, value: float, unit: str, days: float, coding: dict[str, str] | None = None):
+    r = obs(text, days, valueQuantity={"value": value, "unit": unit})
+    if coding:
+        r["code"]["coding"] = [coding]
+    return r
+
+
+def facts(extractor: FactExtractor, *resources: dict[str, Any], now: datetime = NOW,
+          birth: str | None = "1970-01-01") -> PatientFacts:
+    patient = {"resourceType": "Patient", "id": PID}
+    if birth:
+        patient["birthDate"] = birth
+    bundle = {"resourceType": "Bundle", "type": "searchset",
+              "entry": [{"resource": r} for r in resources]}
+    record = read_patient_record([patient, bundle], PID, lambda r: True)
+    assert record.stats.invalid == 0, "test resources must be valid FHIR"
+    return extractor.extract(record, now)
+
+
+FD_LEFT = (ICD, "M21.372", "Foot drop, left foot")
+FD_RIGHT = (ICD, "M21.371", "Foot drop, right foot")
+FD_ANY = (ICD, "M21.379", "Foot drop, unspecified foot")
+L5 = (ICD, "M54.17", "Radiculopathy, lumbosacral region")
+MS = (ICD, "G35.A", "Relapsing-remitting multiple sclerosis")
+
+
+# ------------------------------------------------------------------------------- dates
+def test_parse_fhir_datetime_partial_and_zoned() -> None:
+    assert parse_fhir_datetime("2026") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_fhir_datetime("2026-03") == datetime(2026, 3, 1, tzinfo=UTC)
+    assert parse_fhir_datetime("2026-03-04T10:00:00+02:00") == datetime(2026, 3, 4, 8, tzinfo=UTC)
+    assert parse_fhir_datetime("garbage") is None
+    assert parse_fhir_datetime(None) is None
+
+
+def test_onset_falls_back_to_period_then_recorded_date(extractor) -> None:
+    period = condition(*FD_LEFT, onset=None, onsetPeriod={"start": ago(20, True)})
+    assert facts(extractor, period).foot_drop_onset == (NOW - timedelta(days=20)).date()
+    recorded = condition(*FD_LEFT, onset=None, recorded=12)
+    f = facts(extractor, recorded)
+    assert f.foot_drop_onset == (NOW - timedelta(days=12)).date()
+    assert f.foot_drop_duration_days == 12
+
+
+# ------------------------------------------------------------------------------- statuses
+@pytest.mark.parametrize("clinical", ["active", "recurrence", "relapse", None])
+def test_active_condition_statuses(extractor, clinical) -> None:
+    assert facts(extractor, condition(*FD_LEFT, clinical=clinical)).has_foot_drop
+
+
+@pytest.mark.parametrize("clinical", ["inactive", "remission", "resolved"])
+def test_inactive_condition_statuses(extractor, clinical) -> None:
+    assert not facts(extractor, condition(*FD_LEFT, clinical=clinical)).has_foot_drop
+
+
+def test_no_clinical_status_with_abatement_is_not_active(extractor) -> None:
+    c = condition(*FD_LEFT, clinical=None, abatementDateTime=ago(3, True))
+    assert not facts(extractor, c).has_foot_drop
+
+
+@pytest.mark.parametrize("verification", ["refuted", "entered-in-error"])
+def test_refuted_or_entered_in_error_never_count(extractor, verification) -> None:
+    f = facts(extractor,
+              condition(*FD_LEFT, verification=verification),
+              condition(ICD, "G40.909", "Epilepsy", verification=verification),
+              condition(SCT, "267064002", "Retention of urine", onset=1,
+                        verification=verification),
+              condition(*L5))
+    assert not f.has_foot_drop
+    assert not f.seizure_history
+    assert not f.red_flag_cauda_equina
+
+
+@pytest.mark.parametrize(("status", "counts"), [
+    ("final", True), ("amended", True), ("corrected", True), ("preliminary", True),
+    ("registered", False), ("cancelled", False), ("entered-in-error", False),
+])
+def test_observation_statuses(extractor, status, counts) -> None:
+    assert facts(extractor, df(2, 3, status=status)).has_foot_drop is counts
+
+
+def test_other_patients_data_is_ignored(extractor) -> None:
+    other = "someone-else"
+    f = facts(extractor,
+              condition(*L5),
+              condition(SCT, "267064002", "Retention of urine", onset=1, patient=other),
+              df(4, 5, patient=other), df(1, 1, patient=other))
+    assert not f.has_red_flag
+    assert not f.has_foot_drop
+
+
+# ------------------------------------------------------------------------------- sides
+@pytest.mark.parametrize(("resource", "side"), [
+    (condition(*FD_RIGHT), "right"),
+    (condition(*FD_LEFT), "left"),
+    (condition(*FD_LEFT, site="right"), "left"),  # the code's laterality wins
+    (condition(*FD_ANY, site="left"), "left"),
+    (condition(*FD_ANY, site="bilateral"), "bilateral"),
+    (condition(*FD_ANY, site_text="Right ankle"), "right"),
+    (condition(*FD_ANY, site_text="left and right feet"), "bilateral"),
+    (condition(SCT, "6077001", "Left foot drop"), "left"),
+    (condition(SCT, "6077001", "Foot drop"), "unknown"),
+    (condition(*FD_ANY), "unknown"),
+])
+def test_side(extractor, resource, side) -> None:
+    f = facts(extractor, resource)
+    assert f.has_foot_drop
+    assert f.foot_drop_side == side
+
+
+def test_left_and_right_conditions_make_bilateral(extractor) -> None:
+    f = facts(extractor, condition(*FD_LEFT, onset=100), condition(*FD_RIGHT, onset=90))
+    assert f.foot_drop_side == Side.BILATERAL.value
+    assert not f.red_flag_bilateral_foot_drop  # bilateral for months: not a new red flag
+
+
+def test_side_from_weak_grades(extractor) -> None:
+    f = facts(extractor, df(2, 3, side="right"))
+    assert f.foot_drop_side == "right"
+    assert facts(extractor, obs("Right ankle dorsiflexion MRC", 3, valueInteger=1)
+                 ).foot_drop_side == "right"
+
+
+# ------------------------------------------------------------------------------- grades
+@pytest.mark.parametrize(("value", "grade", "shown"), [
+    ({"valueInteger": 3}, 3.0, "3/5"),
+    ({"valueQuantity": {"value": 2, "unit": "{score}"}}, 2.0, "2/5"),
+    ({"valueQuantity": {"value": 3}}, 3.0, "3/5"),
+    ({"valueString": "3"}, 3.0, "3/5"),
+    ({"valueString": "3/5"}, 3.0, "3/5"),
+    ({"valueString": "3-/5"}, 3 - 1 / 3, "3-/5"),
+    ({"valueString": "4+ / 5"}, 4 + 1 / 3, "4+/5"),
+    ({"valueString": "MRC 2"}, 2.0, "2/5"),
+    ({"valueString": "grade 1/5"}, 1.0, "1/5"),
+    ({"valueCodeableConcept": {"text": "2/5"}}, 2.0, "2/5"),
+    ({"valueCodeableConcept": {"coding": [{"system": "https://ehr.example.org/mrc",
+                                           "code": "4"}]}}, 4.0, "4/5"),
+])
+def test_grade_parsing(extractor, value, grade, shown) -> None:
+    f = facts(extractor, obs(DF, 2, "left", **value))
+    (g,) = f.dorsiflexion_grades
+    assert g.grade == pytest.approx(grade)
+    assert g.recorded_as == shown
+    assert g.describe() == f"left ankle dorsiflexion {shown} on {g.day.isoformat()}"
+
+
+@pytest.mark.parametrize("value", [
+    {"valueQuantity": {"value": 2, "unit": "deg", "code": "deg"}},
+    {"valueQuantity": {"value": 3, "unit": "N"}},
+    {"valueQuantity": {"value": 3, "comparator": "<"}},
+    {"valueInteger": 7},
+    {"valueString": "weak"},
+    {"valueString": "3/5 with pain"},
+    {"valueBoolean": True},
+])
+def test_values_that_are_not_grades(extractor, value) -> None:
+    f = facts(extractor, obs(DF, 2, "left", **value))
+    assert f.dorsiflexion_grades == ()
+    assert not f.has_foot_drop
+
+
+@pytest.mark.parametrize("text", [
+    "Ankle dorsiflexion range of motion",
+    "Ankle dorsiflexion ROM (degrees)",
+    "Ankle dorsiflexion passive goniometry",
+])
+def test_range_of_motion_is_not_strength(extractor, text) -> None:
+    assert not facts(extractor, obs(text, 2, "left", valueInteger=2)).has_foot_drop
+
+
+def test_great_toe_is_not_ankle(extractor) -> None:
+    f = facts(extractor, obs("Great toe dorsiflexion strength", 2, "left", valueString="1/5"))
+    assert not f.has_foot_drop
+    assert f.dorsiflexion_grades == ()
+    assert [g.muscle for g in f.other_weak_muscles] == ["great-toe-extension-strength"]
+
+
+def test_foot_drop_threshold_and_latest_grade(extractor) -> None:
+    assert facts(extractor, df(3, 2)).has_foot_drop
+    assert facts(extractor, df("3-/5", 2)).has_foot_drop
+    assert not facts(extractor, df("3+/5", 2)).has_foot_drop
+    assert not facts(extractor, df(4, 2)).has_foot_drop
+    # weak once, full strength since: no foot drop from grades
+    recovered = facts(extractor, df(2, 60), df(5, 2))
+    assert not recovered.has_foot_drop
+
+
+def test_foot_drop_onset_is_start_of_the_weak_run(extractor) -> None:
+    f = facts(extractor, df(5, 100), df(3, 70), df(2, 40), df(2, 3))
+    assert f.foot_drop_onset == (NOW - timedelta(days=70)).date()
+    assert f.foot_drop_duration_days == 70
+    assert f.dorsiflexion_latest_grade == 2
+
+
+# ------------------------------------------------------------------------------- red flags
+def test_progressive_weakness_with_3_minus(extractor) -> None:
+    f = facts(extractor, condition(*L5), df("4/5", 6), df("3-/5", 2))
+    assert f.red_flag_progressive_weakness
+    assert f.has_red_flag
+    assert f.red_flag_since == (NOW - timedelta(days=2)).date()
+    assert [g.recorded_as for g in f.why("red_flag_progressive_weakness")] == ["4/5", "3-/5"]
+
+
+@pytest.mark.parametrize(("grades", "flag"), [
+    ([(4, 6), (3, 2)], True),  # one grade within 4 days
+    ([("4/5", 10), ("3+/5", 2)], True),  # 4 -> 3+: a fall of one MRC grade
+    ([("4+/5", 10), ("4-/5", 2)], False),  # within grade 4
+    ([(4, 20), (3, 2)], False),  # 18 days apart: outside the 14-day window
+    ([(4, 35), (3, 25)], False),  # the earlier one is older than 30 days
+    ([(4, 45), (2, 40)], False),  # both old
+    ([(3, 6), (4, 2)], False),  # better, not worse
+])
+def test_progression_window_and_recency(extractor, grades, flag) -> None:
+    f = facts(extractor, condition(*L5), *[df(g, d) for g, d in grades])
+    assert f.red_flag_progressive_weakness is flag
+
+
+def test_progression_needs_the_same_side(extractor) -> None:
+    f = facts(extractor, df(4, 6, side="left"), df(2, 2, side="right"))
+    assert not f.red_flag_progressive_weakness
+
+
+def test_bilateral_recency(extractor) -> None:
+    recent = facts(extractor, condition(*FD_LEFT, onset=40), condition(*FD_RIGHT, onset=5))
+    assert recent.red_flag_bilateral_foot_drop
+    assert recent.red_flag_since == (NOW - timedelta(days=5)).date()
+    old = facts(extractor, condition(*FD_LEFT, onset=60), condition(*FD_RIGHT, onset=45))
+    assert old.foot_drop_side == "bilateral"
+    assert not old.red_flag_bilateral_foot_drop
+    coded = facts(extractor, condition(*FD_ANY, onset=10, site="bilateral"))
+    assert coded.red_flag_bilateral_foot_drop
+    by_grade = facts(extractor, condition(*FD_LEFT, onset=200), df(2, 3, side="right"))
+    assert by_grade.red_flag_bilateral_foot_drop
+
+
+def test_resolved_side_does_not_make_bilateral(extractor) -> None:
+    f = facts(extractor, condition(*FD_LEFT, onset=5),
+              condition(*FD_RIGHT, onset=4, clinical="resolved"))
+    assert f.foot_drop_side == "left"
+    assert not f.red_flag_bilateral_foot_drop
+
+
+@pytest.mark.parametrize("sign", [
+    condition(SCT, "267064002", "Retention of urine", onset=2),
+    condition(ICD, "R33.9", "Retention of urine, unspecified", onset=2),
+    condition(ICD, "G83.4", "Cauda equina syndrome", onset=2),
+    condition(ICD, "R15.9", "Full incontinence of feces", onset=2),
+    condition(ICD, "N31.9", "Neuromuscular dysfunction of bladder, unspecified", onset=2),
+    obs("Saddle anaesthesia", 1, valueBoolean=True),
+    obs("Neurological examination", 1, valueString="New saddle anaesthesia since yesterday"),
+    condition(ICD, "R20.0", "Anesthesia of skin", onset=2, note="Saddle anaesthesia on exam"),
+])
+def test_cauda_equina_signs_in_context(extractor, sign) -> None:
+    f = facts(extractor, condition(*L5), sign)
+    assert f.red_flag_cauda_equina
+    assert f.has_red_flag
+    assert f.why("red_flag_cauda_equina")
+
+
+@pytest.mark.parametrize("sign", [
+    obs("Saddle anaesthesia", 1, valueBoolean=False),
+    obs("Neurological examination", 1, valueString="No saddle anaesthesia"),
+    obs("Saddle anaesthesia", 1, valueString="none"),
+    condition(SCT, "267064002", "Retention of urine", onset=45),
+    condition(SCT, "267064002", "Retention of urine", onset=2, clinical="resolved"),
+])
+def test_cauda_equina_sign_negated_old_or_inactive(extractor, sign) -> None:
+    assert not facts(extractor, condition(*L5), sign).red_flag_cauda_equina
+
+
+def test_cauda_equina_sign_needs_foot_drop_or_lumbar_disease(extractor) -> None:
+    retention = condition(SCT, "267064002", "Retention of urine", onset=2)
+    assert not facts(extractor, retention).red_flag_cauda_equina
+    assert facts(extractor, retention, condition(*FD_LEFT)).red_flag_cauda_equina
+    assert facts(extractor, retention,
+                 condition(ICD, "M51.26", "Other intervertebral disc displacement, lumbar region")
+                 ).red_flag_cauda_equina
+
+
+def test_multilevel_deficit(extractor) -> None:
+    f = facts(extractor, df(2, 3), muscle("Hip flexion strength", 3, 3))
+    assert f.red_flag_multilevel_deficit
+    assert {g.muscle for g in f.why("red_flag_multilevel_deficit")} == {
+        "ankle-dorsiflexion-strength", "hip-flexion-strength"}
+    for other in ("Knee extension strength", "Ankle plantarflexion strength",
+                  "Hip abduction strength", "Extensor hallucis longus strength"):
+        assert facts(extractor, df(2, 3), muscle(other, 3, 3)).red_flag_multilevel_deficit, other
+
+
+@pytest.mark.parametrize("resources", [
+    [df(2, 3), muscle("Hip flexion strength", 4, 3)],  # other group not weak enough
+    [df(4, 3), muscle("Hip flexion strength", 2, 3)],  # dorsiflexion not weak enough
+    [df(2, 3), muscle("Hip flexion strength", 3, 10), muscle("Hip flexion strength", 5, 2)],
+    # long-standing and stable: weak in both groups for months
+    [df(2, 90), df(2, 3), muscle("Hip flexion strength", 3, 90),
+     muscle("Hip flexion strength", 3, 3)],
+    [df(2, 40), muscle("Hip flexion strength", 3, 40)],  # old measurements only
+])
+def test_no_multilevel_deficit(extractor, resources) -> None:
+    assert not facts(extractor, *resources).red_flag_multilevel_deficit
+
+
+def test_multilevel_dates_from_the_newer_level(extractor) -> None:
+    f = facts(extractor, df(2, 90), df(2, 3), muscle("Hip flexion strength", 3, 5))
+    assert f.red_flag_multilevel_deficit
+    assert f.red_flag_since == (NOW - timedelta(days=5)).date()
+
+
+# ------------------------------------------------------------------------------- recovery
+@pytest.mark.parametrize(("series", "plateau", "improving"), [
+    ([(1, 120), (1, 60), (1, 5)], True, False),
+    ([(2, 80), (3, 30), (2, 1)], True, False),  # worse than 6 weeks ago
+    ([(2, 80), (3, 45), (3, 1)], True, True),  # better than 3 months ago, flat for 6 weeks
+    ([(1, 100), (2, 50), (3, 3)], False, True),  # better than 6+ weeks ago
+    ([(3, 60), (1, 20), (3, 1)], False, True),  # recovering from a dip
+    ([(2, 30), (3, 1)], False, True),  # no grade 6+ weeks before the latest
+    ([(2, 100), (5, 1)], False, False),  # recovered
+    ([(2, 100)], False, False),
+])
+def test_recovery_plateau_and_improving(extractor, series, plateau, improving) -> None:
+    f = facts(extractor, *[df(g, d) for g, d in series])
+    assert f.dorsiflexion_recovery_plateau is plateau
+    assert f.dorsiflexion_improving is improving
+    if plateau:
+        reference, last = f.why("dorsiflexion_recovery_plateau")
+        assert (last.when - reference.when).days >= 42
+
+
+def test_recovered_when_every_side_is_full_strength(extractor) -> None:
+    assert facts(extractor, condition(*FD_LEFT), df(5, 2)).dorsiflexion_recovered
+    assert not facts(extractor, condition(*FD_LEFT), df(4, 2)).dorsiflexion_recovered
+    assert not facts(extractor, condition(*FD_LEFT)).dorsiflexion_recovered
+
+
+# ------------------------------------------------------------------------------- causes
+def test_causes_central_peripheral_and_localising(extractor) -> None:
+    stroke = facts(extractor, condition(*FD_LEFT), condition(ICD, "I63.9", "Cerebral infarction"))
+    assert stroke.central_cause and not stroke.peripheral_cause
+    assert not stroke.cause_unknown_or_peroneal_only
+    ms = facts(extractor, condition(*MS))
+    assert ms.has_multiple_sclerosis and ms.central_cause
+    l5 = facts(extractor, condition(*FD_LEFT), condition(*L5))
+    assert l5.peripheral_cause and not l5.central_cause
+    assert not l5.cause_unknown_or_peroneal_only
+    peroneal = facts(extractor, condition(*FD_LEFT),
+                     condition(ICD, "G57.32", "Lesion of lateral popliteal nerve, left"))
+    assert peroneal.has_compressive_peroneal_neuropathy and peroneal.cause_known
+    assert peroneal.cause_unknown_or_peroneal_only
+    trauma = facts(extractor, condition(ICD, "S84.12XA", "Injury of peroneal nerve, left leg"))
+    assert trauma.has_peroneal_neuropathy and not trauma.has_compressive_peroneal_neuropathy
+    unknown = facts(extractor, condition(*FD_LEFT))
+    assert unknown.cause_unknown_or_peroneal_only and not unknown.cause_known
+
+
+def test_habitual_leg_crossing_from_a_note_names_the_note(extractor) -> None:
+    f = facts(extractor, condition(ICD, "G57.31", "Lesion of lateral popliteal nerve, right",
+                                   note="Crosses legs for hours at work"))
+    assert f.habitual_leg_crossing
+    (finding,) = f.why("habitual_leg_crossing")
+    assert "Crosses legs for hours at work" in finding.describe()
+    denied = facts(extractor, condition(ICD, "G57.31", "Lesion of lateral popliteal nerve",
+                                        note="Denies crossing legs"))
+    assert not denied.habitual_leg_crossing
+
+
+def test_radiculopathy_with_motor_deficit(extractor) -> None:
+    assert facts(extractor, condition(*L5), muscle("EHL strength", 4, 3)
+                 ).has_radiculopathy_with_motor_deficit
+    assert facts(extractor, condition(*L5), condition(*FD_LEFT)
+                 ).has_radiculopathy_with_motor_deficit
+    assert not facts(extractor, condition(*L5), df(5, 3)).has_radiculopathy_with_motor_deficit
+
+
+# ------------------------------------------------------------------------------- already done
+MRI_LOINC = {"system": LOINC, "code": "30679-5", "display": "MR Lumbar spine WO contrast"}
+
+
+def _progressive() -> list[dict[str, Any]]:
+    return [condition(*L5), df(4, 6), df(2, 3)]  # red flag since 3 days ago
+
+
+@pytest.mark.parametrize(("mri", "answered"), [
+    (order("ServiceRequest", "MRI lumbar spine", days=1, priority="stat"), True),
+    (order("ServiceRequest", "MRI lumbar spine", days=1, priority="urgent"), True),
+    (order("ServiceRequest", "MRI lumbar spine", days=1, priority="routine"), False),
+    (order("ServiceRequest", "MRI lumbar spine", days=1), False),
+    (order("ServiceRequest", "MRI lumbar spine", days=10, priority="stat"), False),  # before
+    (order("ServiceRequest", "MRI lumbar spine", days=1, priority="stat", status="draft"), False),
+    (order("DiagnosticReport", "MR L-spine", status="final", days=1, coding=MRI_LOINC), True),
+    (order("DiagnosticReport", "MR L-spine", status="final", days=20, coding=MRI_LOINC), False),
+    (order("Procedure", "MRI lumbar spine", status="completed", days=1), True),
+])
+def test_mri_after_red_flag(extractor, mri, answered) -> None:
+    f = facts(extractor, *_progressive(), mri)
+    assert f.has_red_flag
+    assert f.lumbar_mri_urgent_since_red_flag is answered
+
+
+def test_mri_facts(extractor) -> None:
+    f = facts(extractor, order("ServiceRequest", "MRI lumbar spine", days=4, priority="routine"))
+    assert f.lumbar_mri_ordered and not f.lumbar_mri_performed
+    assert f.lumbar_mri_priority == "routine"
+    assert f.lumbar_mri_date == (NOW - timedelta(days=4)).date()
+    done = facts(extractor, order("ServiceRequest", "MRI lumbar spine", status="completed",
+                                  days=9, occurrenceDateTime=ago(2)))
+    assert done.lumbar_mri_performed
+    assert done.lumbar_mri_date == (NOW - timedelta(days=2)).date()
+
+
+def test_orders_and_procedures_already_done(extractor) -> None:
+    f = facts(extractor,
+              order("DeviceRequest", "Ankle-foot orthosis, left"),
+              order("ServiceRequest", "Referral to physiotherapy"),
+              order("ServiceRequest", "NCS/EMG left leg", status="completed"),
+              order("ServiceRequest", "L5-S1 microdiscectomy"),
+              order("ServiceRequest", "Posterior tibial tendon transfer"),
+              order("ServiceRequest", "Urgent referral to spine surgery"),
+              order("ServiceRequest", "Neurolysis of the left common peroneal nerve"),
+              order("Procedure", "OnabotulinumtoxinA injection", status="completed"))
+    assert f.afo_done and f.afo_or_fes_done and not f.fes_done
+    assert f.pt_referral_done and f.ncs_emg_done and f.botulinum_toxin_done
+    assert f.lumbar_decompression_ordered and not f.lumbar_decompression_done
+    assert f.tendon_transfer_or_arthrodesis_ordered
+    assert not f.tendon_transfer_or_arthrodesis_done
+    assert f.spine_surgery_referral_done and f.peroneal_decompression_done
+    surgery = facts(extractor,
+                    order("Procedure", "Laminotomy", status="completed",
+                          coding={"system": CPT, "code": "63030"}),
+                    order("Procedure", "Arthrodesis, ankle, open", status="completed"))
+    assert surgery.lumbar_decompression_done and surgery.tendon_transfer_or_arthrodesis_done
+    assert not facts(extractor, order("Procedure", "Peroneal nerve decompression at the fibular "
+                                      "head", status="completed")).lumbar_decompression_done
+
+
+def test_inactive_orders_do_not_count(extractor) -> None:
+    f = facts(extractor,
+              order("DeviceRequest", "Ankle-foot orthosis", status="revoked"),
+              order("ServiceRequest", "Referral to physiotherapy", status="draft"),
+              order("Procedure", "NCS left leg", status="not-done"),
+              order("MedicationRequest", "Dalfampridine 10 mg ER", status="stopped"))
+    assert not (f.afo_done or f.pt_referral_done or f.ncs_emg_done or f.on_dalfampridine)
+    assert facts(extractor, order("MedicationRequest", "Ampyra 10 MG")).on_dalfampridine
+
+
+def test_urgent_spine_referral_since_red_flag(extractor) -> None:
+    f = facts(extractor, *_progressive(),
+              order("ServiceRequest", "Urgent referral to spine surgery", days=1,
+                    priority="urgent"))
+    assert f.spine_surgery_referral_since_red_flag
+    routine = facts(extractor, *_progressive(),
+                    order("ServiceRequest", "Referral to spine surgery", days=1))
+    assert not routine.spine_surgery_referral_since_red_flag
+
+
+# ------------------------------------------------------------------------------- dalfampridine
+CRCL = "Creatinine clearance (Cockcroft-Gault)"
+EGFR = {"system": LOINC, "code": "98979-8"}
+
+
+@pytest.mark.parametrize(("resources", "crcl", "at_or_below", "only_egfr", "known"), [
+    ([lab(CRCL, 40, "mL/min", 10)], 40.0, True, False, True),
+    ([lab(CRCL, 50, "mL/min", 10)], 50.0, True, False, True),
+    ([lab(CRCL, 51, "mL/min", 10)], 51.0, False, False, True),
+    ([lab(CRCL, 40, "mL/min", 200), lab(CRCL, 70, "mL/min", 10)], 70.0, False, False, True),
+    ([lab(CRCL, 40, "mL/min", 400)], None, False, False, False),  # older than a year
+    ([lab("eGFR", 45, "mL/min/1.73m2", 10, coding=EGFR)], None, False, True, True),
+    ([lab("Creatinine", 1.1, "mg/dL", 10, coding={"system": LOINC, "code": "2160-0"})],
+     None, False, False, True),  # a creatinine: CrCl can be estimated from it
+    ([], None, False, False, False),
+])
+def test_renal_function(extractor, resources, crcl, at_or_below, only_egfr, known) -> None:
+    f = facts(extractor, *resources)
+    assert f.crcl_latest == crcl
+    assert f.crcl_at_or_below_limit is at_or_below
+    assert f.only_egfr_available is only_egfr
+    assert f.renal_function_known is known
+
+
+def test_ckd_stage(extractor) -> None:
+    assert facts(extractor, condition(ICD, "N18.4", "CKD stage 4")).ckd_stage_3b_or_worse
+    assert not facts(extractor, condition(ICD, "N18.31", "CKD stage 3a")).ckd_stage_3b_or_worse
+
+
+@pytest.mark.parametrize(("clinical", "verification", "history"), [
+    ("active", "confirmed", True),
+    ("resolved", "confirmed", True),
+    ("inactive", None, True),
+    ("resolved", "refuted", False),
+    ("active", "entered-in-error", False),
+])
+def test_seizure_history_includes_resolved(extractor, clinical, verification, history) -> None:
+    c = condition(ICD, "G40.909", "Epilepsy", onset=4000, clinical=clinical,
+                  verification=verification)
+    assert facts(extractor, c).seizure_history is history
+
+
+def test_age(extractor) -> None:
+    assert facts(extractor, birth="1970-11-21").age_years == 55
+    assert facts(extractor, birth="1970-11-20").age_years == 56
+    assert facts(extractor, birth=None).age_years is None
+
+
+def test_why_names_the_data(extractor) -> None:
+    f = facts(extractor, condition(*FD_LEFT, onset=49))
+    (finding,) = f.why("has_foot_drop")
+    assert finding.describe() == (
+        f"Foot drop, left foot (ICD-10-CM M21.372) ({(NOW - timedelta(days=49)).date()})"
+    )
+    assert f.why("nothing-recorded") == ()
+    assert isinstance(f.foot_drop_onset, date)
