@@ -182,48 +182,53 @@ class InProc:
 
 
 def bench_in_process(args: argparse.Namespace, now: datetime, tmp: Path) -> list[InProc]:
+    """Round robin over every (size, hook): each round runs S 8 times, M twice and L once per
+    hook, so a change in machine load (this is a shared 2-CPU box) hits all sizes alike and the
+    S-to-L comparison stays fair."""
     app = quiet_app(now, tmp)
     captured: list[Any] = []
     app.extensions.setdefault("cds_listeners", []).append(
         lambda event, _sid, payload: captured.append(payload) if event == "hook_result" else None
     )
     client = app.test_client()
-    results: list[InProc] = []
-    iterations = {"S": 30, "M": 12, "L": 6} if args.quick else {"S": 150, "M": 40, "L": 15}
+    per_round = {"S": 8, "M": 2, "L": 1}
+    rounds = 6 if args.quick else 20
     variants = 2 if args.quick else 3
+    configs: list[tuple[InProc, list[bytes], str]] = []
     for size in args.sizes:
         for hook in HOOKS:
             bodies = [orjson.dumps(make_request(size, hook, now, seed=7 + v))
                       for v in range(variants)]
-            url = f"/cds-services/{SERVICE_IDS[hook]}"
             n_cond, n_obs = SIZES[size]
-            res = InProc(size, hook, len(bodies[0]), n_cond + n_obs, iterations[size])
-            for body in bodies:  # warm up (first-call imports, template caches)
-                client.post(url, data=body, content_type="application/json")
-            gc.collect()
-            for i in range(res.n):
-                body = bodies[i % variants]
+            res = InProc(size, hook, len(bodies[0]), n_cond + n_obs, 0)
+            configs.append((res, bodies, f"/cds-services/{SERVICE_IDS[hook]}"))
+    for _res, bodies, url in configs:  # warm up (first-call imports, template caches)
+        for body in bodies:
+            client.post(url, data=body, content_type="application/json")
+    gc.collect()
+    for _ in range(rounds):
+        for res, bodies, url in configs:
+            for _ in range(per_round.get(res.size, 1)):
+                body = bodies[res.n % variants]
                 t0 = time.perf_counter()
                 orjson.loads(body)
                 t1 = time.perf_counter()
                 response = client.post(url, data=body, content_type="application/json")
                 t2 = time.perf_counter()
                 if response.status_code != 200:
-                    raise SystemExit(f"{size} {hook}: HTTP {response.status_code} "
+                    raise SystemExit(f"{res.size} {res.hook}: HTTP {response.status_code} "
                                      f"{response.get_data(as_text=True)[:300]}")
                 res.floor_ms.append((t1 - t0) * 1000)
                 res.service_ms.append((t2 - t1) * 1000)
                 result = captured.pop()
+                captured.clear()
                 for stage, ms in result.timings_ms.items():
                     res.stages.setdefault(stage, []).append(ms)
                 res.counts = dict(result.counts)
-                if i == 0:
+                if res.n == 0:
                     res.cards = describe_cards(response.get_json()["cards"])
-                captured.clear()
-            results.append(res)
-            print(f"  measured {size} {hook}: service p50 {pct(res.service_ms, 50):.1f} ms, "
-                  f"floor p50 {pct(res.floor_ms, 50):.1f} ms", flush=True)
-    return results
+                res.n += 1
+    return [res for res, _, _ in configs]
 
 
 def report_in_process(results: list[InProc]) -> list[tuple[str, bool, str]]:
@@ -242,6 +247,9 @@ def report_in_process(results: list[InProc]) -> list[tuple[str, bool, str]]:
                  "floor p50", "p95", "svc/floor", "kept/dropped"], rows))
     print("(times in ms; kept = resources validated and used, dropped = irrelevant, never "
           "validated)")
+    print(f"(cyclic GC here as in a served worker, set by cds_service.runtime.tune_gc: thresholds "
+          f"{gc.get_threshold()}, {gc.get_freeze_count():,} start-up objects frozen; the floor "
+          f"is measured under the same settings)")
 
     print("\nStage medians (ms) from the pipeline's own timings:")
     stage_names = list(results[0].stages) if results else []
@@ -586,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(run took {time.monotonic() - started:.0f} s)")
     if args.json:
         summary["targets"] = [{"target": t, "pass": ok, "measured": m} for t, ok, m in outcomes]
-        args.json.write_text(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        args.json.write_text(orjson.dumps(
+            summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     return 0
 
 

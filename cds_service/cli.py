@@ -178,9 +178,12 @@ def recommendation_id(card: Mapping[str, Any]) -> str:
 def why_line(detail: str) -> str:
     """The card's reason in one paragraph, markdown emphasis and links flattened."""
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", detail or "") if p.strip()]
-    chosen = next((p for p in paragraphs if "why this card" in p.lower()), None)
-    if chosen is None:
-        chosen = paragraphs[0] if paragraphs else ""
+    index = next((i for i, p in enumerate(paragraphs) if "why this card" in p.lower()), 0)
+    chosen = paragraphs[index] if paragraphs else ""
+    if chosen.endswith(":") and index + 1 < len(paragraphs):
+        # "... red flags, latest on <date>:" introduces the list that names them.
+        items = [line.strip().lstrip("-* ").strip() for line in paragraphs[index + 1].splitlines()]
+        chosen = f"{chosen} " + "; ".join(item.replace("*", "") for item in items if item)
     chosen = re.sub(r"(?i)\*\*why this card:?\*\*:?\s*", "", chosen)
     chosen = re.split(r"\s\*\*[^*\n]{1,60}:\*\*", chosen)[0]  # stop at the next "**Label:**"
     chosen = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", chosen)

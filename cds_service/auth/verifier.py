@@ -133,8 +133,8 @@ class JwtVerifier:
         try:
             caller = self._verify(authorization_header, audience, seen)
         except AuthFailure as failure:
-            logger.info(
-                "jwt rejected",
+            logger.warning(
+                "JWT rejected",
                 extra={
                     "fields": {
                         "reason": failure.reason,

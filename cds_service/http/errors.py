@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from cds_service.logs import log_event
 
@@ -42,6 +43,8 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestRedirect):  # routing's own redirect keeps its Location
+            return exc.get_response()
         status = exc.code or 500
         codes = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
                  415: "unsupported-media-type", 400: "bad-request"}

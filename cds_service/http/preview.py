@@ -32,6 +32,7 @@ from flask import (
 from markdown_it import MarkdownIt
 
 from cds_service.fixtures import FIXTURES_DIR, fixture_paths, materialize
+from cds_service.http.errors import error_response
 
 bp = Blueprint("preview", __name__, template_folder="templates", static_folder="static",
                static_url_path="/preview/static")
@@ -183,9 +184,7 @@ def render() -> Response:
     body = request.get_json(silent=True)
     cards = body.get("cards") if isinstance(body, dict) else None
     if not isinstance(cards, list):
-        response = jsonify({"error": "send {\"cards\": [...]}"})
-        response.status_code = 400
-        return _secure(response)
+        return _secure(error_response(400, "invalid-request", 'send {"cards": [...]}'))
     views = [card_view(c) for c in cards[:MAX_CARDS]]
     html = render_template("preview_cards.html", cards=views)
     return _secure(jsonify({"html": html, "count": len(views)}))

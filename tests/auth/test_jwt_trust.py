@@ -733,7 +733,7 @@ def test_failures_log_reason_iss_kid_jti_but_never_the_token(verifier, es_key, c
     with caplog.at_level(logging.DEBUG, logger="cds_service.auth"):
         verifier.verify(bearer(token), AUD)
         failure(verifier, bearer(token))
-    rejected = [r for r in caplog.records if r.getMessage() == "jwt rejected"]
+    rejected = [r for r in caplog.records if r.getMessage() == "JWT rejected"]
     assert len(rejected) == 1
     assert rejected[0].fields == {
         "reason": "replay",

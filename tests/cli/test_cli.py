@@ -358,3 +358,12 @@ def test_fixture_prints_a_request_the_service_answers_as_expected(capsys, call_s
 def test_fixture_unknown_name_is_one_line_error(capsys):
     code, _out, err = run(capsys, "fixture", "no-such-scenario")
     assert_one_line_error(code, err)
+
+
+def test_why_line_keeps_the_list_a_colon_introduces():
+    detail = ("**Why this card:** red flags in the last 30 days:\n\n"
+              "- *Progressive weakness:* left 4/5, then 2/5\n- *Cauda equina signs:* retention\n\n"
+              "**What the sources say:** ...")
+    why = cli.why_line(detail)
+    assert "left 4/5, then 2/5" in why and "retention" in why
+    assert "sources say" not in why

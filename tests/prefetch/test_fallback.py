@@ -159,7 +159,7 @@ def test_next_links_beyond_the_page_cap_are_not_followed(call_service, fhir, cap
     assert response.status_code == 200
     assert [c.request.url for c in fhir.calls] == page[:2]
     assert response.get_json() == {"cards": []}
-    assert any("page cap" in r.getMessage() for r in caplog.records)
+    assert any("incomplete" in r.getMessage() for r in caplog.records)
 
 
 def test_next_link_to_another_host_is_never_requested(call_service, fhir):

@@ -143,6 +143,18 @@ def test_unknown_service_without_token_is_401_not_404(client):
     assert_unauthorized(client.get("/cds-services/", headers={"Origin": ORIGIN}))
 
 
+@pytest.mark.parametrize("path", [
+    "//cds-services", "/cds-services/", "/./cds-services", "/cds-services/.", "/%63ds-services",
+    f"/cds-services//{PV}", f"/cds-services/{PV}/../{PV}", f"/cds-services/{PV}//feedback",
+    f"/cds-services/{PV}/feedback/",
+])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_no_spelling_of_a_path_reaches_an_endpoint_without_a_token(client, path, method):
+    response = client.open(path, method=method, json=FEEDBACK)
+    assert response.status_code in (401, 404, 405), response.status_code
+    assert "services" not in response.get_json() and "received" not in response.get_json()
+
+
 # -- 200 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("alg", ["ES384", "RS384"])
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
