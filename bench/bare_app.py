@@ -1,6 +1,6 @@
 """The framework floor for the HTTP benchmark: a bare Flask endpoint that reads the request body
-and returns a fixed card list, served by gunicorn with the service's own settings. ``/decode/...`` also decodes the body (a reference point: what
-reading the prefetch at all costs).
+and returns a fixed card list, served by gunicorn with the service's own settings.
+``/decode/...`` also decodes the body: a reference point for what reading the prefetch costs.
 
 Run: ``gunicorn -w 2 -k gthread --threads 4 ... --chdir bench bare_app:app``. The cards come from
 the JSON file named by ``BENCH_CARDS_FILE`` (the benchmark writes the cards the real service
