@@ -63,7 +63,7 @@ class Settings:
     fhir_budget_seconds: float = field(default=4.0, metadata={"env": "CDS_FHIR_BUDGET_SECONDS"})
     fhir_max_pages: int = field(default=25, metadata={"env": "CDS_FHIR_MAX_PAGES"})
     fhir_max_response_mb: float = field(default=32.0, metadata={"env": "CDS_FHIR_MAX_RESPONSE_MB"})
-    fhir_max_workers: int = field(default=8, metadata={"env": "CDS_FHIR_MAX_WORKERS"})
+    fhir_max_workers: int = field(default=16, metadata={"env": "CDS_FHIR_MAX_WORKERS"})
     fhir_require_https: bool = field(default=False, metadata={"env": "CDS_FHIR_REQUIRE_HTTPS"})
     max_body_mb: float = field(default=32.0, metadata={"env": "CDS_MAX_BODY_MB"})
     cards_dir: Path = field(default=DEFAULT_CARDS_DIR, metadata={"env": "CDS_CARDS_DIR"})

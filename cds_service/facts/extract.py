@@ -23,7 +23,7 @@ from cds_service.facts.model import (
 )
 from cds_service.fhir.record import PatientRecord
 from cds_service.knowledge.loader import Knowledge
-from cds_service.knowledge.valuesets import CompiledValueSet
+from cds_service.knowledge.valuesets import CompiledValueSet, canonical_coding
 
 INACTIVE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
@@ -208,8 +208,8 @@ class _Extraction:
     def side_of(self, resource: Mapping[str, Any], concept: Any) -> Side:
         """Laterality from the code itself, else bodySite (coded, then text), else the code text."""
         for coding in (concept or {}).get("coding") or ():
-            by_system = self.ex.laterality_codes.get(str(coding.get("system")), {})
-            side = by_system.get(str(coding.get("code")))
+            system, code = canonical_coding(str(coding.get("system")), str(coding.get("code")))
+            side = self.ex.laterality_codes.get(system, {}).get(code)
             if side:
                 return Side(side)
         sites = resource.get("bodySite")
@@ -321,7 +321,12 @@ class _Extraction:
     # -- strength -------------------------------------------------------------------------------
     @cached_property
     def strength(self) -> dict[str, list[StrengthGrade]]:
-        """Manual muscle test grades per muscle group, oldest first."""
+        """Manual muscle test grades per muscle group, oldest first.
+
+        Read from the Observation itself and from its ``component``s: flowsheet exports often
+        send a manual-muscle-test panel with one component per muscle and side ("Left ankle
+        dorsiflexion": 2), or a muscle-named panel with one component per side ("Left": 2).
+        """
         grades: dict[str, list[StrengthGrade]] = {}
         for obs in self.record.of("Observation"):
             if obs.get("status") not in self.t["observation_statuses"]:
@@ -329,29 +334,54 @@ class _Extraction:
             code = obs.get("code")
             if self.ex.not_strength.search(concept_label(code)):
                 continue
-            # Ordered: great toe before ankle, so "great toe dorsiflexion" is never the ankle.
-            muscle = next((vs.id for vs in self.ex.muscles if vs.matches_concept(code)), None)
-            if muscle is None:
-                continue
-            parsed = self._grade(obs)
             moment = observation_time(obs)
-            if parsed is None or moment is None:
+            if moment is None:
                 continue
-            grade, recorded_as = parsed
-            grades.setdefault(muscle, []).append(
-                StrengthGrade(
-                    muscle=muscle,
-                    side=self.side_of(obs, code),
-                    grade=grade,
-                    recorded_as=recorded_as,
-                    when=moment,
-                    reference=_reference(obs),
-                    muscle_label=self.ex.muscle_labels.get(muscle, ""),
-                )
-            )
+            muscle = self._muscle(code)
+            if muscle is not None:
+                self._add_grade(grades, muscle, obs, obs, self.side_of(obs, code), moment)
+            for component in obs.get("component") or ():
+                if not isinstance(component, Mapping):
+                    continue
+                part = component.get("code")
+                if self.ex.not_strength.search(concept_label(part)):
+                    continue
+                side = self.side_of(component, part)
+                part_muscle = self._muscle(part)
+                if part_muscle is None and side is not Side.UNKNOWN:
+                    part_muscle = muscle  # "Left" under an "Ankle dorsiflexion" panel
+                if part_muscle is None:
+                    continue
+                if side is Side.UNKNOWN:
+                    side = self.side_of(obs, code)
+                self._add_grade(grades, part_muscle, obs, component, side, moment)
         for series in grades.values():
             series.sort(key=lambda g: g.when)
         return grades
+
+    def _muscle(self, concept: Any) -> str | None:
+        # Ordered: great toe before ankle, so "great toe dorsiflexion" is never the ankle.
+        return next((vs.id for vs in self.ex.muscles if vs.matches_concept(concept)), None)
+
+    def _add_grade(
+        self, grades: dict[str, list[StrengthGrade]], muscle: str, obs: Mapping[str, Any],
+        valued: Mapping[str, Any], side: Side, moment: datetime,
+    ) -> None:
+        parsed = self._grade(valued)
+        if parsed is None:
+            return
+        grade, recorded_as = parsed
+        grades.setdefault(muscle, []).append(
+            StrengthGrade(
+                muscle=muscle,
+                side=side,
+                grade=grade,
+                recorded_as=recorded_as,
+                when=moment,
+                reference=_reference(obs),
+                muscle_label=self.ex.muscle_labels.get(muscle, ""),
+            )
+        )
 
     def _grade(self, obs: Mapping[str, Any]) -> tuple[float, str] | None:
         """An MRC 0-5 grade, or None when the value is not one (degrees, newtons, free text)."""

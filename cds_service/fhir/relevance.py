@@ -7,7 +7,7 @@ therefore checks each resource, by type, against the merged codes and text patte
 value set (not only the ones ``facts.yaml`` names today: a fact added tomorrow keeps its data):
 
 - Observation: ``code``, ``valueCodeableConcept``, ``valueString`` (text-only findings such as
-  saddle anaesthesia are read from valueString);
+  saddle anaesthesia are read from valueString), ``component.code`` (manual-muscle-test panels);
 - Condition: ``code``, and ``note`` text (text-only findings are read from notes);
 - ServiceRequest/Procedure/DiagnosticReport ``code``, DeviceRequest ``codeCodeableConcept``,
   ImagingStudy ``procedureCode`` and ``description``;
@@ -48,6 +48,7 @@ class RelevanceFilter:
                 index.matches_concept(resource.get("code"))
                 or index.matches_text(resource.get("valueString"))
                 or index.matches_concept(resource.get("valueCodeableConcept"))
+                or self._components_match(resource.get("component"))
             )
         if resource_type == "Condition":
             return index.matches_concept(resource.get("code")) or self._notes_match(
@@ -66,6 +67,17 @@ class RelevanceFilter:
                 resource.get("description")
             )
         return True
+
+    def _components_match(self, components: Any) -> bool:
+        """A manual-muscle-test panel names its muscles in ``component.code``."""
+        if not components:
+            return False
+        if not isinstance(components, list):
+            return True
+        return any(
+            not isinstance(c, Mapping) or self.index.matches_concept(c.get("code"))
+            for c in components
+        )
 
     def _notes_match(self, notes: Any) -> bool:
         """Notes are read as one text, joined as fact extraction joins them."""

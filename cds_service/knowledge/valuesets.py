@@ -3,7 +3,8 @@
 Semantics: ``compose.include.concept`` is an exact code match within its system; an ICD-10-CM
 (or NDC) ``filter`` with op ``is-a`` matches the code and everything that starts with it (prefix);
 the ``text-pattern`` extension holds regular expressions matched against CodeableConcept.text and
-coding.display, used only where no verified code exists.
+coding.display, used only where no verified code exists. A coding is also tried in its canonical
+form (``canonical_coding``: OID and edition-URI systems, ICD-10-CM codes without their dot).
 
 Text answers are remembered (``_TextMemo``): a chart repeats the same few hundred code texts and
 displays thousands of times, and so do the charts of different patients, while each answer costs
@@ -16,10 +17,31 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 TEXT_PATTERN_URL = "https://footdrop-cds.example.org/fhir/StructureDefinition/text-pattern"
-PREFIX_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/fhir/sid/ndc"})
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED = "http://snomed.info/sct"
+PREFIX_SYSTEMS = frozenset({ICD10CM, "http://hl7.org/fhir/sid/ndc"})
+_HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+# Other spellings of the code systems the value sets use, as EHR exports write them: HL7 OIDs
+# (C-CDA heritage, some Epic and Cerner feeds), https or a trailing slash.
+_SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.1": "http://loinc.org",
+    "urn:oid:2.16.840.1.113883.6.12": "http://www.ama-assn.org/go/cpt",
+    "urn:oid:2.16.840.1.113883.6.88": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "urn:oid:2.16.840.1.113883.6.69": "http://hl7.org/fhir/sid/ndc",
+    "urn:oid:2.16.840.1.113883.6.14": _HCPCS,
+    "urn:oid:2.16.840.1.113883.6.285": _HCPCS,
+    "https://loinc.org": "http://loinc.org",
+    "https://hl7.org/fhir/sid/icd-10-cm": ICD10CM,
+}
+# A SNOMED CT edition or version URI written where the system belongs
+# ("http://snomed.info/sct/731000124108/version/20250301").
+_SNOMED_URI = re.compile(r"^https?://snomed\.info/(?:sct|id)(?:/\d+)?(?:/version/\d+)?$")
 # A clause that negates the finding ("no saddle anaesthesia", "denies leg crossing").
 _NEGATION = re.compile(
     r"\b(no|not|denies|denied|without|negative for|absence of|free of)\b[^.;,]*$", re.IGNORECASE
@@ -28,6 +50,23 @@ _NEGATION = re.compile(
 
 class ValueSetError(ValueError):
     pass
+
+
+@lru_cache(maxsize=8192)
+def canonical_coding(system: str, code: str) -> tuple[str, str]:
+    """The (system, code) the value sets are written in: known system aliases resolved, and an
+    ICD-10-CM code upper-cased with its dot restored ("M21372" -> "M21.372"; claims and many
+    exports drop the dot). Anything else is returned unchanged."""
+    canonical = system.strip().split("|", 1)[0].rstrip("/")
+    canonical = _SYSTEM_ALIASES.get(canonical, canonical)
+    if canonical != SNOMED and _SNOMED_URI.match(canonical):
+        canonical = SNOMED
+    code = code.strip()
+    if canonical == ICD10CM:
+        code = code.upper()
+        if "." not in code and len(code) > 3:
+            code = f"{code[:3]}.{code[3:]}"
+    return canonical, code
 
 
 class _TextMemo:
@@ -67,6 +106,14 @@ class CompiledValueSet:
     def matches_coding(self, system: str | None, code: str | None) -> bool:
         if not system or not code:
             return False
+        if self._matches_exactly(system, code):
+            return True
+        if not isinstance(system, str) or not isinstance(code, str):
+            return False
+        canonical = canonical_coding(system, code)
+        return canonical != (system, code) and self._matches_exactly(*canonical)
+
+    def _matches_exactly(self, system: str, code: str) -> bool:
         if (system, code) in self.exact:
             return True
         prefixes = self.prefixes.get(system)
@@ -189,7 +236,15 @@ class ValueSetIndex:
         if (system, code) in self.exact:
             return True
         prefixes = self.prefixes.get(system)
-        return bool(prefixes) and code.startswith(prefixes)
+        if prefixes and code.startswith(prefixes):
+            return True
+        canonical_system, canonical_code = canonical_coding(system, code)
+        if (canonical_system, canonical_code) == (system, code):
+            return False
+        if (canonical_system, canonical_code) in self.exact:
+            return True
+        prefixes = self.prefixes.get(canonical_system)
+        return bool(prefixes) and canonical_code.startswith(prefixes)
 
     def matches_text(self, text: Any) -> bool:
         if not text or not self.text_sets:
