@@ -28,14 +28,24 @@ from cds_service.knowledge.valuesets import CompiledValueSet, canonical_coding
 INACTIVE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 NEGATIVE_VALUE = re.compile(r"(?i)^\s*(no|none|absent|negative|not present|denies|false)\b")
+# Coded "no" answers, for a valueCodeableConcept sent without display or text.
+NEGATIVE_ANSWERS = frozenset({
+    ("http://snomed.info/sct", "373067005"),  # No
+    ("http://snomed.info/sct", "2667000"),  # Absent
+    ("http://snomed.info/sct", "260385009"),  # Negative
+    ("http://loinc.org", "LA32-8"),  # No
+    ("http://terminology.hl7.org/CodeSystem/v2-0136", "N"),  # No
+})
 # "3", "3/5", "3-/5", "4+ / 5", "MRC 3", "grade 3/5"; a modifier is worth a third of a grade.
 _GRADE_TEXT = re.compile(
     r"^\s*(?:MRC\s*)?(?:grade\s*)?([0-5])\s*([+-]?)\s*(?:/\s*5)?\s*$", re.IGNORECASE
 )
 _MODIFIER = {"+": 1 / 3, "-": -1 / 3, "": 0.0}
-_BILATERAL_TEXT = re.compile(r"(?i)\b(bilateral|both)\b")
-_LEFT_TEXT = re.compile(r"(?i)\bleft\b|\(L\)|\bLT\b")
-_RIGHT_TEXT = re.compile(r"(?i)\bright\b|\(R\)|\bRT\b")
+_BILATERAL_TEXT = re.compile(r"(?i)\b(bilateral|both|BLE)\b")
+# Flowsheet shorthand too: "L ankle DF", "LLE", "Lt"; a lone L or R, but not "L5", "L-spine",
+# "L4/L5" or "L/R".
+_LEFT_TEXT = re.compile(r"(?i)\bleft\b|\(L\)|\bLT\b|\bLLE\b|(?<![\w/-])L(?![\w/-])")
+_RIGHT_TEXT = re.compile(r"(?i)\bright\b|\(R\)|\bRT\b|\bRLE\b|(?<![\w/-])R(?![\w/-])")
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +189,7 @@ class FactExtractor:
         self.muscle_labels: Mapping[str, str] = t.get("muscle_labels", {})
         self.laterality_codes: Mapping[str, Mapping[str, str]] = t.get("laterality_codes", {})
         self.not_strength = re.compile(t["not_strength_pattern"])
+        self.generic_strength = re.compile(t.get("generic_strength_pattern") or r"(?!)")
         self.grade_units = frozenset(u.lower() for u in t["grade_units"])
 
     # -- main entry -----------------------------------------------------------------------------
@@ -315,6 +326,11 @@ class _Extraction:
         value_concept = obs.get("valueCodeableConcept")
         if value_concept is not None and NEGATIVE_VALUE.search(concept_label(value_concept)):
             return False
+        if isinstance(value_concept, Mapping) and any(
+            isinstance(c, Mapping) and (c.get("system"), c.get("code")) in NEGATIVE_ANSWERS
+            for c in value_concept.get("coding") or ()
+        ):
+            return False
         value_string = obs.get("valueString")
         return not (isinstance(value_string, str) and NEGATIVE_VALUE.search(value_string))
 
@@ -338,6 +354,8 @@ class _Extraction:
             if moment is None:
                 continue
             muscle = self._muscle(code)
+            if muscle is None and self.ex.generic_strength.search(concept_label(code)):
+                muscle = next(filter(None, map(self._muscle, _as_list(obs.get("bodySite")))), None)
             if muscle is not None:
                 self._add_grade(grades, muscle, obs, obs, self.side_of(obs, code), moment)
             for component in obs.get("component") or ():
@@ -356,7 +374,7 @@ class _Extraction:
                     side = self.side_of(obs, code)
                 self._add_grade(grades, part_muscle, obs, component, side, moment)
         for series in grades.values():
-            series.sort(key=lambda g: g.when)
+            series.sort(key=lambda g: g.order)
         return grades
 
     def _muscle(self, concept: Any) -> str | None:
@@ -380,6 +398,7 @@ class _Extraction:
                 when=moment,
                 reference=_reference(obs),
                 muscle_label=self.ex.muscle_labels.get(muscle, ""),
+                issued=parse_fhir_datetime(obs.get("issued")),
             )
         )
 
@@ -474,9 +493,7 @@ class _Extraction:
         for dr in self.record.of("DeviceRequest"):
             status = str(dr.get("status"))
             if status in t["order_statuses_ordered"]:
-                concept = dr.get("codeCodeableConcept") or {
-                    "text": (dr.get("codeReference") or {}).get("display", "")
-                }
+                concept = dr.get("codeCodeableConcept") or _referenced_concept(dr, "codeReference")
                 add(dr, concept, status, status in t["order_statuses_performed"],
                     parse_fhir_datetime(dr.get("authoredOn")) or occurrence(dr),
                     dr.get("priority"))
@@ -511,9 +528,9 @@ class _Extraction:
         for med in self.record.of("MedicationRequest"):
             status = str(med.get("status"))
             if status in t["medication_statuses_current"]:
-                concept = med.get("medicationCodeableConcept") or {
-                    "text": (med.get("medicationReference") or {}).get("display", "")
-                }
+                concept = med.get("medicationCodeableConcept") or _referenced_concept(
+                    med, "medicationReference"
+                )
                 add(med, concept, status, False, parse_fhir_datetime(med.get("authoredOn")),
                     med.get("priority"))
         return records
@@ -710,13 +727,22 @@ class _Extraction:
         window = timedelta(days=int(t["progression_window_days"]))
         drop = float(t["progression_min_drop"])
         recent = [g for g in self.strength.get(df, []) if self.recent(g.when)]
+        # A grade recorded without a side is compared with the others when the record names only
+        # one side for foot drop (grades and foot-drop Conditions): "left 4/5", then "2/5".
+        known = {g.side for g in self.strength.get(df, [])}
+        known |= {h.side for h in matches.get("has_foot_drop", [])}
+        known.discard(Side.UNKNOWN)
+        one_side = len(known) == 1 and known <= {Side.LEFT, Side.RIGHT}
         progression: list[StrengthGrade] = []
         for i, earlier in enumerate(recent):
             for later in recent[i + 1:]:
                 fell = max(earlier.grade - later.grade, earlier.base_grade - later.base_grade)
+                same_side = later.side == earlier.side or (
+                    one_side and Side.UNKNOWN in (later.side, earlier.side)
+                )
                 if (
-                    later.side == earlier.side
-                    and later.when > earlier.when
+                    same_side
+                    and later.order > earlier.order
                     and later.when - earlier.when <= window
                     and fell >= drop - 1e-9
                 ):
@@ -855,6 +881,35 @@ class _Extraction:
             v["egfr_latest"] = egfr[-1].value
             f["egfr_latest"] = egfr[-1:]
         v["only_egfr_available"] = bool(egfr) and not crcl
+
+
+# What a contained Medication / Device is: its code (Device: type, else its name).
+_CONTAINED_CODE = {"Medication": ("code",), "Device": ("type",)}
+
+
+def _referenced_concept(resource: Mapping[str, Any], field: str) -> dict[str, Any]:
+    """The concept behind ``medicationReference`` / ``codeReference``: the contained resource's
+    code when the reference is local ("#med1"), with the reference's display as its text."""
+    reference = resource.get(field) or {}
+    display = reference.get("display") or ""
+    ref = reference.get("reference")
+    if isinstance(ref, str) and ref.startswith("#"):
+        for contained in resource.get("contained") or ():
+            if not isinstance(contained, Mapping) or contained.get("id") != ref[1:]:
+                continue
+            for key in _CONTAINED_CODE.get(str(contained.get("resourceType")), ()):
+                code = contained.get(key)
+                if isinstance(code, Mapping):
+                    return {**code, "text": code.get("text") or display}
+            names = [n.get("name") for n in contained.get("deviceName") or ()
+                     if isinstance(n, Mapping) and n.get("name")]
+            if names:
+                return {"text": " ".join([display, *names]).strip()}
+    return {"text": display}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value] if value else []
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

@@ -47,6 +47,13 @@ class StrengthGrade:
     when: datetime
     reference: str
     muscle_label: str = ""
+    # When the result was released: orders two grades charted for the same effective time (a
+    # date-only exam recorded twice in one day).
+    issued: datetime | None = None
+
+    @property
+    def order(self) -> tuple[datetime, datetime]:
+        return (self.when, self.issued or self.when)
 
     @property
     def day(self) -> date:

@@ -46,8 +46,9 @@ _TIMING_CODES = {"QD": 1.0, "QOD": 0.5, "BID": 2.0, "TID": 3.0, "QID": 4.0, "AM"
 _MASS_TO_MG = {"mg": 1.0, "milligram": 1.0, "milligrams": 1.0, "g": 1000.0, "gram": 1000.0,
                "grams": 1000.0, "ug": 0.001, "mcg": 0.001, "microgram": 0.001,
                "micrograms": 0.001}
+# Unit doses: "{tbl}", "TAB", and "{pill}" (UCUM annotation the CDS Hooks sandbox's Rx View sends).
 _UNIT_DOSE = re.compile(r"(?i)^\{?(?:tab|tabs|tablet|tablets|tbl|cap|caps|capsule|capsules|"
-                        r"each|ea|1)\}?$")
+                        r"pill|pills|each|ea|1)\}?$")
 _STRENGTH = re.compile(r"(?i)(\d+(?:\.\d+)?)\s*(?:mg|milligrams?)\b")
 _TEXT_FREQUENCY = (
     (re.compile(r"(?i)\b(?:every|q)\s*(\d+(?:\.\d+)?)\s*(?:h|hr|hrs|hours?)\b"), None),
@@ -328,7 +329,7 @@ def dosing(resource: Mapping[str, Any], concept: Any) -> Dosing:
     if dose_mg is not None:
         parts.append(f"{dose_mg:g} mg per dose")
     if doses_per_day is not None:
-        parts.append(f"{doses_per_day:g} doses a day")
+        parts.append(f"{doses_per_day:g} dose{'' if doses_per_day == 1 else 's'} a day")
     if daily_dose_mg is not None:
         parts.append(f"{daily_dose_mg:g} mg a day")
     text = ", ".join(parts) if parts else None

@@ -7,7 +7,8 @@ therefore checks each resource, by type, against the merged codes and text patte
 value set (not only the ones ``facts.yaml`` names today: a fact added tomorrow keeps its data):
 
 - Observation: ``code``, ``valueCodeableConcept``, ``valueString`` (text-only findings such as
-  saddle anaesthesia are read from valueString), ``component.code`` (manual-muscle-test panels);
+  saddle anaesthesia are read from valueString), ``component.code`` (manual-muscle-test panels),
+  ``bodySite`` (a generic strength row naming its muscle there);
 - Condition: ``code``, and ``note`` text (text-only findings are read from notes);
 - ServiceRequest/Procedure/DiagnosticReport ``code``, DeviceRequest ``codeCodeableConcept``,
   ImagingStudy ``procedureCode`` and ``description``;
@@ -49,6 +50,7 @@ class RelevanceFilter:
                 or index.matches_text(resource.get("valueString"))
                 or index.matches_concept(resource.get("valueCodeableConcept"))
                 or self._components_match(resource.get("component"))
+                or index.matches_concept(resource.get("bodySite"))
             )
         if resource_type == "Condition":
             return index.matches_concept(resource.get("code")) or self._notes_match(
@@ -56,6 +58,10 @@ class RelevanceFilter:
             )
         if not isinstance(resource_type, str):
             return True
+        if resource_type == "DeviceRequest" and resource.get("codeReference") is not None and not (
+            resource.get("codeCodeableConcept")
+        ):
+            return True  # a referenced (often contained) Device: fact extraction resolves it
         field = _ORDER_CONCEPTS.get(resource_type)
         if field is not None:
             return index.matches_concept(resource.get(field))

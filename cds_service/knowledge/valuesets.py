@@ -225,6 +225,8 @@ class ValueSetIndex:
                 prefixes.setdefault(system, set()).update(values)
         self.exact = frozenset(exact)
         self.prefixes = {system: tuple(sorted(values)) for system, values in prefixes.items()}
+        # Systems whose codes canonical_coding never changes (ICD-10-CM codes may lack their dot).
+        self.plain_systems = frozenset({system for system, _ in exact} | set(prefixes)) - {ICD10CM}
         self.text_sets = tuple(vs for vs in self.sets if vs.patterns)
         self._memo = _TextMemo()
 
@@ -238,6 +240,10 @@ class ValueSetIndex:
         prefixes = self.prefixes.get(system)
         if prefixes and code.startswith(prefixes):
             return True
+        if system in self.plain_systems:
+            return False  # already canonical (the common case: skip the lookup)
+        if system == ICD10CM and code.isupper() and ("." in code or len(code) <= 3):
+            return False
         canonical_system, canonical_code = canonical_coding(system, code)
         if (canonical_system, canonical_code) == (system, code):
             return False

@@ -150,7 +150,9 @@ def _render_action(
         order = match.order
         if order is None:
             raise RenderError("update without a selected order")
-        resource = copy.deepcopy(dict(order.resource))
+        # The draft as the EHR sent it, minus empty members (not allowed in FHIR JSON; the
+        # sandbox's PAMA view sends "reasonCode": [] until a reason is picked), plus the patch.
+        resource = _without_empty(copy.deepcopy(dict(order.resource)))
         _merge(resource, _render_structure(action.patch or {}, variables))
         resource.setdefault("id", order.resource_id)
     else:
@@ -168,6 +170,17 @@ def _render_structure(node: Any, variables: Mapping[str, Any]) -> Any:
     if isinstance(node, list):
         return [_render_structure(v, variables) for v in node]
     return copy.deepcopy(node)
+
+
+def _without_empty(node: Any) -> Any:
+    """``node`` with empty strings, lists and objects (and nulls) removed, innermost first."""
+    if isinstance(node, Mapping):
+        pruned = {k: _without_empty(v) for k, v in node.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+    if isinstance(node, list):
+        pruned_items = [_without_empty(v) for v in node]
+        return [v for v in pruned_items if v not in (None, "", [], {})]
+    return node
 
 
 def _merge(target: dict[str, Any], patch: Mapping[str, Any]) -> None:

@@ -624,3 +624,158 @@ def test_why_names_the_data(extractor) -> None:
     )
     assert f.why("nothing-recorded") == ()
     assert isinstance(f.foot_drop_onset, date)
+
+
+# ------------------------------------------------------------------------------- export shapes
+# Found by red-teaming with EHR / Synthea style exports; the fixtures under fhir_fixtures/ whose
+# patient ids start with fd-pv-rt- / fd-os-rt- run the same shapes end to end.
+@pytest.mark.parametrize(("system", "code"), [
+    (ICD, "M21372"),  # claims-style: no dot
+    (ICD, "m21.372"),
+    ("urn:oid:2.16.840.1.113883.6.90", "M21.372"),  # ICD-10-CM by OID
+    ("http://hl7.org/fhir/sid/icd-10-cm/", "M21.372"),
+])
+def test_icd_10_cm_variants_are_read(extractor, system, code) -> None:
+    f = facts(extractor, condition(system, code, "Foot drop, left foot"))
+    assert f.has_foot_drop
+    assert f.foot_drop_side == "left"
+
+
+@pytest.mark.parametrize("system", [
+    "urn:oid:2.16.840.1.113883.6.96",
+    "http://snomed.info/sct/731000124108",
+    "http://snomed.info/sct/731000124108/version/20250301",
+])
+def test_snomed_system_variants_are_read(extractor, system) -> None:
+    f = facts(extractor, condition(system, "192970008", "Cauda equina syndrome", onset=2),
+              condition(*L5))
+    assert f.red_flag_cauda_equina
+
+
+def test_other_systems_are_not_mistaken_for_snomed(extractor) -> None:
+    assert not facts(extractor, condition("http://snomed.info/xyz", "6077001", "x")).has_foot_drop
+    assert not facts(extractor, condition("urn:oid:1.2.3", "M21.372", "x")).has_foot_drop
+
+
+def _panel(days: float, *components: tuple[str, Any], text: str = "Manual muscle test",
+           **extra: Any) -> dict[str, Any]:
+    r = obs(text, days, **extra)
+    r["component"] = [{"code": {"text": t}, "valueInteger": v} for t, v in components]
+    return r
+
+
+def test_manual_muscle_test_panel_components_are_grades(extractor) -> None:
+    f = facts(extractor, condition(*L5),
+              _panel(9, ("Left ankle dorsiflexion", 4), ("Right ankle dorsiflexion", 5)),
+              _panel(2, ("Left ankle dorsiflexion", 2), ("Right ankle dorsiflexion", 5),
+                     ("Right knee extension", 3)))
+    assert f.has_foot_drop and f.foot_drop_side == "left"
+    assert f.red_flag_progressive_weakness
+    assert f.red_flag_multilevel_deficit
+    assert [g.describe() for g in f.why("red_flag_progressive_weakness")] == [
+        f"left ankle dorsiflexion 4/5 on {ago(9, True)}",
+        f"left ankle dorsiflexion 2/5 on {ago(2, True)}"]
+
+
+def test_side_components_under_a_muscle_named_panel(extractor) -> None:
+    f = facts(extractor, _panel(3, ("Left", 2), ("Right", 5), text=DF))
+    assert f.foot_drop_side == "left"
+    assert {(g.side, g.grade) for g in f.dorsiflexion_grades} == {
+        (Side.LEFT, 2.0), (Side.RIGHT, 5.0)}
+
+
+def test_panel_components_that_are_not_grades_are_ignored(extractor) -> None:
+    # a side-less, muscle-less component ("Position") under a muscle-named panel is not a grade
+    f = facts(extractor, _panel(3, ("Position", 2), ("Ankle dorsiflexion ROM", 2), text=DF))
+    assert f.dorsiflexion_grades == ()
+    assert not facts(extractor, _panel(3, ("Left ankle dorsiflexion", 2),
+                                       text="Ankle range of motion")).has_foot_drop
+
+
+@pytest.mark.parametrize(("text", "side"), [
+    ("L ankle DF (MRC)", "left"),
+    ("R ankle dorsiflexion", "right"),
+    ("LLE ankle dorsiflexion", "left"),
+    ("Ankle dorsiflexion, RLE", "right"),
+    ("Ankle dorsiflexion L/R", "unknown"),
+    ("Ankle dorsiflexion (L5 myotome)", "unknown"),
+])
+def test_flowsheet_side_shorthand(extractor, text, side) -> None:
+    assert facts(extractor, obs(text, 2, valueInteger=2)).foot_drop_side == side
+
+
+def test_sideless_grade_joins_the_only_named_side_for_progression(extractor) -> None:
+    assert facts(extractor, df(4, 8, side="left"), df(2, 1, side=None)
+                 ).red_flag_progressive_weakness
+    # both sides named: a side-less grade is not compared
+    both = facts(extractor, condition(*FD_RIGHT, onset=60), df(5, 8, side="left"),
+                 df(3, 1, side=None))
+    assert not both.red_flag_progressive_weakness
+
+
+def test_same_day_grades_are_ordered_by_issued(extractor) -> None:
+    worse = facts(extractor, condition(*L5),
+                  df(4, 1, issued=ago(1.1)), df(2, 1, issued=ago(0.9)))
+    assert worse.red_flag_progressive_weakness
+    better = facts(extractor, condition(*L5),
+                   df(2, 1, issued=ago(1.1)), df(4, 1, issued=ago(0.9)))
+    assert not better.red_flag_progressive_weakness
+
+
+def test_mrc_unit(extractor) -> None:
+    f = facts(extractor, obs(DF, 2, "left", valueQuantity={"value": 2, "unit": "MRC"}))
+    assert f.dorsiflexion_latest_grade == 2
+
+
+@pytest.mark.parametrize("answer", [
+    {"system": "http://terminology.hl7.org/CodeSystem/v2-0136", "code": "N"},
+    {"system": LOINC, "code": "LA32-8"},
+    {"system": SCT, "code": "373067005"},
+])
+def test_coded_no_answers_are_negative_findings(extractor, answer) -> None:
+    retention = obs("Retention of urine", 1, valueCodeableConcept={"coding": [answer]})
+    retention["code"] = {"coding": [{"system": SCT, "code": "267064002"}]}
+    assert not facts(extractor, condition(*L5), retention).red_flag_cauda_equina
+
+
+def test_contained_medication_and_device_references(extractor) -> None:
+    med = {"resourceType": "MedicationRequest", "id": _id("m"), "status": "active",
+           "intent": "order", "subject": {"reference": f"Patient/{PID}"},
+           "contained": [{"resourceType": "Medication", "id": "m1",
+                          "code": {"text": "Dalfampridine 10 mg ER tablet"}}],
+           "medicationReference": {"reference": "#m1"}}
+    device = {"resourceType": "DeviceRequest", "id": _id("d"), "status": "active",
+              "intent": "order", "subject": {"reference": f"Patient/{PID}"},
+              "contained": [{"resourceType": "Device", "id": "d1", "type": {"coding": [
+                  {"system": "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                   "code": "L1960"}]}}],
+              "codeReference": {"reference": "#d1"}}
+    displayed = {"resourceType": "DeviceRequest", "id": _id("d"), "status": "active",
+                 "intent": "order", "subject": {"reference": f"Patient/{PID}"},
+                 "codeReference": {"reference": "Device/x", "display": "Ankle foot orthosis"}}
+    f = facts(extractor, med, device)
+    assert f.on_dalfampridine and f.afo_done
+    assert facts(extractor, displayed).afo_done
+
+
+@pytest.mark.parametrize(("system", "code"), [
+    (SCT, "128613002"), (SCT, "703151001"), (ICD, "G40909"),
+])
+def test_seizure_history_codes(extractor, system, code) -> None:
+    assert facts(extractor, condition(system, code, "Seizure", clinical="resolved")
+                 ).seizure_history
+
+
+@pytest.mark.parametrize("code", ["700379002", "431857002", "433146000", "46177005"])
+def test_ckd_stage_3b_or_worse_snomed(extractor, code) -> None:
+    assert facts(extractor, condition(SCT, code, "Chronic kidney disease")).ckd_stage_3b_or_worse
+
+
+def test_generic_strength_row_names_its_muscle_in_body_site(extractor) -> None:
+    row = obs("Muscle strength (MRC)", 2, valueInteger=2,
+              bodySite={"text": "Left tibialis anterior"})
+    f = facts(extractor, row)
+    assert f.has_foot_drop and f.foot_drop_side == "left"
+    # a non-strength row is not read from its bodySite
+    assert not facts(extractor, obs("Pain score", 2, valueInteger=2,
+                                    bodySite={"text": "Left tibialis anterior"})).has_foot_drop
