@@ -90,6 +90,8 @@ _SYSTEM_NAMES = {
     "http://snomed.info/sct": "SNOMED CT",
     "http://loinc.org": "LOINC",
     "http://www.ama-assn.org/go/cpt": "CPT",
+    "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",
+    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",
     "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
     "http://hl7.org/fhir/sid/ndc": "NDC",
 }
@@ -181,6 +183,8 @@ class FactExtractor:
         self.text_only = frozenset(t["text_only_findings"])
         self.muscles = tuple(self.vs(v) for v in t["muscle_groups"])
         self.dorsiflexion = t["dorsiflexion_group"]
+        for group in t["multilevel_other_groups"]:
+            self.vs(group)  # an unknown name fails at load, like every other knowledge reference
         self.order_sets = tuple(self.vs(v) for v in t["order_categories"])
         self.lab_sets = tuple(self.vs(v) for v in t["lab_categories"])
         self.side_sets = tuple(
@@ -774,8 +778,10 @@ class _Extraction:
         # the combination began recently (a long-standing, stable deficit is not a red flag).
         limit = float(t["multilevel_max_grade"])
         weak_df = self.weak_latest(df, limit)
+        other_groups = set(t["multilevel_other_groups"])
         weak_other = [
-            g for muscle in self.strength if muscle != df for g in self.weak_latest(muscle, limit)
+            g for muscle in self.strength if muscle in other_groups
+            for g in self.weak_latest(muscle, limit)
         ]
         if weak_other:
             v["other_weak_muscles"] = tuple(weak_other)

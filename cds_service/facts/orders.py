@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds_service.facts.extract import concept_label
+from cds_service.facts.extract import coded_label
 from cds_service.facts.model import ORDER_CATEGORIES, SelectedOrder
 from cds_service.fhir.record import normalise_quirks, refers_to_patient, validate
 from cds_service.knowledge.loader import Knowledge
@@ -338,29 +338,6 @@ def dosing(resource: Mapping[str, Any], concept: Any) -> Dosing:
     return Dosing(dose_mg, doses_per_day, daily_dose_mg, text)
 
 
-_SYSTEM_NAMES = {
-    "http://snomed.info/sct": "SNOMED CT",
-    "http://loinc.org": "LOINC",
-    "http://www.ama-assn.org/go/cpt": "CPT",
-    "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",
-    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",
-    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
-    "http://hl7.org/fhir/sid/ndc": "NDC",
-}
-
-
-def order_label(concept: Any, valueset: CompiledValueSet | None) -> str:
-    """'Posterior lumbar interbody fusion L4-L5 (CPT 22630)': text plus the code that matched."""
-    label = concept_label(concept)
-    codings = list(valueset.matching_codings(concept)) if valueset is not None else []
-    for coding in codings:
-        system = _SYSTEM_NAMES.get(str(coding.get("system")), "code")
-        code = coding.get("code")
-        if code and str(code) not in label:
-            return f"{label} ({system} {code})"
-    return label
-
-
 def _string(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -428,7 +405,7 @@ def selected_orders(
                 reference=reference,
                 resource_type=resource_type,
                 resource_id=resource_id,
-                label=order_label(concept, matched[0] if matched else None),
+                label=coded_label(concept, matched[0] if matched else None),
                 status=_string(resource.get("status")),
                 categories=frozenset(vs.id for vs in matched),
                 priority=_string(resource.get("priority")),

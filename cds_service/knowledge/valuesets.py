@@ -52,21 +52,27 @@ class ValueSetError(ValueError):
     pass
 
 
-@lru_cache(maxsize=8192)
-def canonical_coding(system: str, code: str) -> tuple[str, str]:
-    """The (system, code) the value sets are written in: known system aliases resolved, and an
-    ICD-10-CM code upper-cased with its dot restored ("M21372" -> "M21.372"; claims and many
-    exports drop the dot). Anything else is returned unchanged."""
+@lru_cache(maxsize=1024)
+def canonical_system(system: str) -> str:
+    """The system URI the value sets use for a known alias (OID, https, trailing slash, a SNOMED
+    CT edition/version URI); anything else unchanged."""
     canonical = system.strip().split("|", 1)[0].rstrip("/")
     canonical = _SYSTEM_ALIASES.get(canonical, canonical)
     if canonical != SNOMED and _SNOMED_URI.match(canonical):
         canonical = SNOMED
-    code = code.strip()
-    if canonical == ICD10CM:
-        code = code.upper()
+    return canonical
+
+
+def canonical_coding(system: str, code: str) -> tuple[str, str]:
+    """The (system, code) the value sets are written in: known system aliases resolved, and an
+    ICD-10-CM code upper-cased with its dot restored ("M21372" -> "M21.372"; claims and many
+    exports drop the dot). Anything else is returned unchanged."""
+    system = canonical_system(system)
+    if system == ICD10CM:
+        code = code.strip().upper()
         if "." not in code and len(code) > 3:
             code = f"{code[:3]}.{code[3:]}"
-    return canonical, code
+    return system, code
 
 
 class _TextMemo:
@@ -225,8 +231,9 @@ class ValueSetIndex:
                 prefixes.setdefault(system, set()).update(values)
         self.exact = frozenset(exact)
         self.prefixes = {system: tuple(sorted(values)) for system, values in prefixes.items()}
+        self.systems = frozenset({system for system, _ in exact} | set(prefixes))
         # Systems whose codes canonical_coding never changes (ICD-10-CM codes may lack their dot).
-        self.plain_systems = frozenset({system for system, _ in exact} | set(prefixes)) - {ICD10CM}
+        self.plain_systems = self.systems - {ICD10CM}
         self.text_sets = tuple(vs for vs in self.sets if vs.patterns)
         self._memo = _TextMemo()
 
@@ -241,16 +248,18 @@ class ValueSetIndex:
         if prefixes and code.startswith(prefixes):
             return True
         if system in self.plain_systems:
-            return False  # already canonical (the common case: skip the lookup)
+            return False  # already canonical (the common case)
         if system == ICD10CM and code.isupper() and ("." in code or len(code) <= 3):
             return False
-        canonical_system, canonical_code = canonical_coding(system, code)
-        if (canonical_system, canonical_code) == (system, code):
+        if system != ICD10CM and canonical_system(system) not in self.systems:
+            return False  # a code system no value set uses
+        alias_system, alias_code = canonical_coding(system, code)
+        if (alias_system, alias_code) == (system, code):
             return False
-        if (canonical_system, canonical_code) in self.exact:
+        if (alias_system, alias_code) in self.exact:
             return True
-        prefixes = self.prefixes.get(canonical_system)
-        return bool(prefixes) and canonical_code.startswith(prefixes)
+        prefixes = self.prefixes.get(alias_system)
+        return bool(prefixes) and alias_code.startswith(prefixes)
 
     def matches_text(self, text: Any) -> bool:
         if not text or not self.text_sets:

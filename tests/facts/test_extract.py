@@ -779,3 +779,22 @@ def test_generic_strength_row_names_its_muscle_in_body_site(extractor) -> None:
     # a non-strength row is not read from its bodySite
     assert not facts(extractor, obs("Pain score", 2, valueInteger=2,
                                     bodySite={"text": "Left tibialis anterior"})).has_foot_drop
+
+
+def test_multilevel_groups_are_reviewer_data_and_checked_at_load(tmp_path):
+    import shutil
+
+    import yaml
+
+    from cds_service.config import DEFAULT_CARDS_DIR
+    from cds_service.facts.extract import FactExtractor
+    from cds_service.knowledge.loader import KnowledgeError, load_knowledge
+
+    cards = tmp_path / "cards"
+    shutil.copytree(DEFAULT_CARDS_DIR, cards)
+    facts_file = cards / "facts.yaml"
+    data = yaml.safe_load(facts_file.read_text())
+    data["multilevel_other_groups"] = ["no-such-muscle-group"]
+    facts_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(KnowledgeError):
+        FactExtractor(load_knowledge(cards))
