@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cds_service import create_app
-from cds_service.clock import fixed_clock
 from cds_service.fhir.record import model_class
 from cds_service.fixtures import FIXTURES_DIR, Fixture, fixture_paths, load_fixture
-from tests.conftest import NOW, assert_valid_cds_response
+from tests.conftest import NOW
+from tests.scenarios.conftest import cards_by_id, raw
 
 SERVICE = "foot-drop-order-select"
 ORDER_SELECT_DIR = FIXTURES_DIR / "order-select"
@@ -27,39 +26,12 @@ PREFETCH_KEYS = set(
 )
 
 
-@pytest.fixture(scope="module")
-def call_service(tmp_path_factory):
-    """One app for the module (building it costs most of a scenario's time); every 200 is checked
-    against the CDS Hooks 2.0 response schema and its FHIR actions, as conftest's call_service."""
-    database = tmp_path_factory.mktemp("order-select") / "cds.sqlite3"
-    client = create_app({"database_url": f"sqlite:///{database}"},
-                        clock=fixed_clock(NOW)).test_client()
-
-    def call(service_id: str, body: Any):
-        response = client.post(f"/cds-services/{service_id}", json=body)
-        if response.status_code == 200:
-            assert_valid_cds_response(response.get_json())
-        return response
-
-    return call
-
-
 def fixture(name: str) -> Fixture:
     return load_fixture(ORDER_SELECT_DIR / f"{name}.json", NOW)
 
 
-def raw(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def actions_of(card: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for s in card.get("suggestions", []) for a in s["actions"]]
-
-
-def cards_by_id(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    cards = {c["source"]["topic"]["code"]: c for c in body["cards"]}
-    assert len(cards) == len(body["cards"]), "one card per recommendation id"
-    return cards
 
 
 def test_there_are_order_select_fixtures() -> None:

@@ -9,7 +9,6 @@ moves (fixture dates are relative to the injected clock).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,11 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from cds_service import create_app
-from cds_service.clock import fixed_clock
 from cds_service.fhir.record import iter_resources, model_class
 from cds_service.fixtures import FIXTURES_DIR, fixture_paths, load_fixture, materialize
-from tests.conftest import NOW, assert_valid_cds_response
+from tests.conftest import NOW
+from tests.scenarios.conftest import cards_by_id, raw, scenario_client
 
 SERVICE = "foot-drop-patient-view"
 PATIENT_VIEW_DIR = FIXTURES_DIR / "patient-view"
@@ -35,34 +33,6 @@ PREFETCH_KEYS = set(
 PATIENT_VIEW_IDS = {
     yaml.safe_load(p.read_text())["id"] for p in (ROOT / "cards" / "recommendations").glob("*.yaml")
 }
-
-
-def _client(now):
-    return create_app({"database_url": "sqlite://"}, clock=fixed_clock(now)).test_client()
-
-
-@pytest.fixture(scope="module")
-def call_service():
-    """One app for the module; every 200 is checked as conftest's call_service does."""
-    client = _client(NOW)
-
-    def call(service_id: str, body: Any):
-        response = client.post(f"/cds-services/{service_id}", json=body)
-        if response.status_code == 200:
-            assert_valid_cds_response(response.get_json())
-        return response
-
-    return call
-
-
-def _cards(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    cards = {c["source"]["topic"]["code"]: c for c in body["cards"]}
-    assert len(cards) == len(body["cards"]), "one card per recommendation id"
-    return cards
-
-
-def _raw(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _resources(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -78,7 +48,7 @@ def test_scenario(path: Path, call_service) -> None:
     response = call_service(SERVICE, fx.request)
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
-    cards = _cards(body)
+    cards = cards_by_id(body)
 
     assert set(cards) == fx.expected_ids
     for expected in fx.expected:
@@ -104,7 +74,7 @@ LATER = NOW + timedelta(days=731, hours=5)
 
 @pytest.fixture(scope="module")
 def later_client():
-    return _client(LATER)
+    return scenario_client(LATER)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
@@ -113,7 +83,7 @@ def test_same_cards_at_another_now(path: Path, later_client) -> None:
     fx = load_fixture(path, LATER)
     response = later_client.post(f"/cds-services/{SERVICE}", json=fx.request)
     assert response.status_code == 200
-    assert set(_cards(response.get_json())) == fx.expected_ids
+    assert set(cards_by_id(response.get_json())) == fx.expected_ids
 
 
 # ------------------------------------------------------------------------------- the fixture files
@@ -131,7 +101,7 @@ def test_every_recommendation_fires_in_some_fixture_and_is_absent_from_another()
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_fixture_file_shape(path: Path) -> None:
-    data = _raw(path)
+    data = raw(path)
     assert path.stem.startswith(("fires-", "not-")), "name files <fires|not>-<scenario>.json"
     assert path.stem.startswith("not-") or data["expected"], "a fires- fixture expects a card"
     assert data["description"]
@@ -149,7 +119,7 @@ def test_fixture_file_shape(path: Path) -> None:
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_fixture_resources_are_valid_fhir_and_prefixed(path: Path) -> None:
-    request = materialize(_raw(path)["request"], NOW)
+    request = materialize(raw(path)["request"], NOW)
     pid = request["context"]["patientId"]
     for resource in _resources(request):
         model_class(resource["resourceType"]).model_validate(resource)
@@ -157,7 +127,7 @@ def test_fixture_resources_are_valid_fhir_and_prefixed(path: Path) -> None:
 
 
 def test_patient_ids_are_unique_per_fixture() -> None:
-    pids = Counter(_raw(p)["request"]["context"]["patientId"] for p in PATHS)
+    pids = Counter(raw(p)["request"]["context"]["patientId"] for p in PATHS)
     assert [pid for pid, n in pids.items() if n > 1] == []
 
 
@@ -166,7 +136,7 @@ def test_resource_ids_are_globally_unique_across_all_fixtures() -> None:
     seen: dict[tuple[str, str], str] = {}
     duplicates = []
     for path in fixture_paths(FIXTURES_DIR):
-        request = _raw(path)["request"]
+        request = raw(path)["request"]
         resources = list(_resources(request))
         draft = (request.get("context") or {}).get("draftOrders")
         if draft:
