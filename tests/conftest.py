@@ -42,6 +42,23 @@ def assert_valid_cds_response(body: Any) -> None:
     assert len(uuids) == len(set(uuids)), "card and suggestion uuids must be unique"
 
 
+def assert_cards_match_fixture(fixture: Any, cards: list[dict[str, Any]], how: str = "") -> None:
+    """The cards a fixture expects: exactly its ids and indicators (as `evaluate --check`
+    compares them), each detail naming every `detailIncludes` text."""
+    from cds_service.cli import compare_expected, recommendation_id
+
+    where = f"{fixture.name} ({how})" if how else fixture.name
+    problems = compare_expected(fixture.expected, cards)
+    assert not problems, f"{where}: {'; '.join(problems)}"
+    details: dict[str, list[str]] = {}
+    for card in cards:
+        details.setdefault(recommendation_id(card), []).append(card.get("detail", ""))
+    for expected in fixture.expected:
+        for text in expected.get("detailIncludes") or []:
+            assert any(text in d for d in details[expected["id"]]), (
+                f"{where}: {expected['id']} detail lacks {text!r}")
+
+
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {}
