@@ -53,7 +53,10 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("bind", f"{args.host}:{args.port}")
             self.cfg.set("workers", args.workers)
             self.cfg.set("threads", args.threads)
-            self.cfg.set("worker_class", "gthread" if args.threads > 1 else "sync")
+            # gunicorn's own workers, answering malformed HTTP in JSON without logging what was sent
+            workers = "cds_service.http.workers.JsonErrors"
+            self.cfg.set("worker_class", f"{workers}ThreadWorker" if args.threads > 1
+                         else f"{workers}SyncWorker")
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("keepalive", 5)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from cds_service.http.errors import error_response, operation_outcome
 from cds_service.logs import log_event
@@ -33,7 +33,13 @@ def json_body() -> Any:
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise UnsupportedMediaType()
-    raw = request.get_data(cache=False)
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception as exc:  # the server's body reader refused the framing (a bad chunk size)
+        raise RequestError(400, "unreadable-body",
+                           "the request body could not be read: malformed framing") from exc
     limit = request.max_content_length
     if limit is not None and request.content_length is None and len(raw) >= limit:
         # A chunked body is cut at the limit by Werkzeug without an error: if it filled the

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -118,6 +120,60 @@ def test_wrong_method_or_path_is_json(live_server, method, path, status):
         assert headers.get("Allow")
 
 
+SECRET = "eyJhbGciOiJFUzM4NCJ9.c2VjcmV0LXRva2Vu.c2ln"
+PATIENT = "patient-7c1e90"
+
+
+def send_raw(live_server, raw: bytes) -> tuple[int, dict, bytes]:
+    """Send bytes gunicorn cannot parse; return the status, the decoded body and the head."""
+    parts = urlsplit(live_server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), data[:300]
+    assert b"<html" not in data.lower() and b"Traceback" not in data
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    return int(head.split(b" ", 2)[1]), json.loads(rest[:length]), head
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (f"GET /cds-services?patient={PATIENT}&x={'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n",
+         414, "request-line-too-long"),
+        (f"BOGUS\x01 /cds-services/{PATIENT} HTTP/1.1\r\nHost: x\r\n\r\n", 400,
+         "malformed-http"),
+        (f"GET /cds-services HTTP/9.9\r\nHost: x\r\nX-Patient: {PATIENT}\r\n\r\n", 400,
+         "malformed-http"),
+        (f"GET /cds-services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\x00\r\n\r\n",
+         400, "malformed-http"),
+        ("GET /cds-services HTTP/1.1\r\nHost: x\r\n"
+         + "".join(f"X-Filler-{i}: {SECRET}\r\n" for i in range(120)) + "\r\n",
+         431, "headers-too-large"),
+        (f"POST {SERVICE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+         "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400,
+         "unreadable-body"),  # found by the app while it reads the body
+        (f"POST {SERVICE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+         "Transfer-Encoding: bogus, chunked\r\n\r\n0\r\n\r\n", 400,
+         "unsupported-transfer-coding"),
+    ],
+    ids=["long-request-line", "bad-method", "bad-version", "control-char-in-token-header",
+         "too-many-headers", "bad-chunk-size", "unknown-transfer-coding"],
+)
+def test_malformed_http_is_answered_in_json_and_never_logged(live_server, raw, status, code):
+    got, body, head = send_raw(live_server, raw.encode("latin-1"))
+    assert got == status
+    assert_outcome(body, code)
+    log = live_server.log()
+    assert SECRET not in log and PATIENT not in log
+    if code != "unreadable-body":
+        assert b"connection: close" in head.lower()
+        assert "malformed HTTP request refused" in log
+
+
 def test_the_worker_is_free_after_all_that(live_server):
     conn = connect(live_server)
     started = time.monotonic()
@@ -127,3 +183,16 @@ def test_the_worker_is_free_after_all_that(live_server):
     assert status == 200 and body["services"]
     assert time.monotonic() - started < 1
     assert "unhandled error" not in live_server.log()
+
+
+def test_the_single_threaded_worker_answers_malformed_http_in_json_too(tmp_path):
+    from tests.robustness.conftest import start_live_server
+
+    server = start_live_server(tmp_path, threads=1)
+    try:
+        got, body, _ = send_raw(server, b"GET /cds-services HTTP/9.9\r\nHost: x\r\n\r\n")
+    finally:
+        server.stop()
+    assert got == 400
+    assert_outcome(body, "malformed-http")
+    assert "malformed HTTP request refused" in server.log()

@@ -1,0 +1,99 @@
+"""Gunicorn workers that answer malformed HTTP the way the app answers everything else.
+
+A request gunicorn cannot parse (a bad request line, an oversized or invalid header, broken
+chunked encoding) never reaches Flask: gunicorn's stock handler answers it with an HTML page and
+logs the parser's message, which quotes the offending request line or header. That message can
+hold a bearer token or a patient id, so here the log names only the kind of error, and the client
+gets the same JSON OperationOutcome as any other 4xx, with a stable code.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import orjson
+from gunicorn import util
+from gunicorn.http import errors as http_errors
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
+from cds_service.http.errors import operation_outcome
+from cds_service.logs import log_event
+
+log = logging.getLogger("cds_service.http")
+
+# (exception, status, reason phrase, error code); the first match wins, so subclasses come first.
+# RFC 9112 suggests 501 for an unknown transfer coding; it is answered 400 here because it is the
+# client's input that is wrong, and a 5xx would page the service's owners for it.
+_CLIENT_ERRORS: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (http_errors.LimitRequestLine, 414, "URI Too Long", "request-line-too-long"),
+    (http_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large",
+     "headers-too-large"),
+    (http_errors.ExpectationFailed, 417, "Expectation Failed", "expectation-failed"),
+    (http_errors.ForbiddenProxyRequest, 403, "Forbidden", "forbidden"),
+    (http_errors.UnsupportedTransferCoding, 400, "Bad Request", "unsupported-transfer-coding"),
+    (http_errors.InvalidChunkSize, 400, "Bad Request", "invalid-chunked-body"),
+    (http_errors.ChunkMissingTerminator, 400, "Bad Request", "invalid-chunked-body"),
+    (http_errors.InvalidChunkExtension, 400, "Bad Request", "invalid-chunked-body"),
+    (ssl.SSLError, 400, "Bad Request", "tls-error"),
+)
+_MESSAGES = {
+    "request-line-too-long": "the request line is longer than the server accepts",
+    "headers-too-large": "the request headers are larger than the server accepts",
+    "expectation-failed": "the Expect header can not be met",
+    "forbidden": "request forbidden",
+    "unsupported-transfer-coding": "unsupported Transfer-Encoding (only chunked is accepted)",
+    "invalid-chunked-body": "the chunked request body is malformed",
+    "tls-error": "TLS handshake failed",
+    "malformed-http": "malformed HTTP request",
+    "internal-error": "the service failed to process the request",
+}
+
+
+def classify(exc: BaseException) -> tuple[int, str, str]:
+    """Status, reason phrase and error code for an exception raised while handling a request."""
+    # an invalid header the app tried to send, or a server misconfiguration: not the client's fault
+    if isinstance(exc, (http_errors.InvalidResponseHeader, http_errors.InvalidResponseHeaderName,
+                        http_errors.ConfigurationProblem)):
+        return 500, "Internal Server Error", "internal-error"
+    for error_type, status, reason, code in _CLIENT_ERRORS:
+        if isinstance(exc, error_type):
+            return status, reason, code
+    if isinstance(exc, http_errors.ParseException):
+        return 400, "Bad Request", "malformed-http"
+    return 500, "Internal Server Error", "internal-error"
+
+
+def error_bytes(status: int, reason: str, code: str) -> bytes:
+    body = orjson.dumps(operation_outcome(status, code, _MESSAGES[code]))
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class _JsonErrors:
+    log: Any
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        status, reason, code = classify(exc)
+        if status >= 500:
+            log_event(log, "unhandled error outside the app", logging.ERROR, exc_info=True,
+                      error=type(exc).__name__)
+        else:
+            # The exception's text quotes what the client sent (headers, URL): never logged.
+            log_event(log, "malformed HTTP request refused", logging.WARNING, status=status,
+                      code=code, error=type(exc).__name__)
+        try:
+            util.write_nonblock(client, error_bytes(status, reason, code))
+        except Exception:  # the client may already be gone; nothing is left to tell it
+            log_event(log, "could not send the error response", logging.DEBUG)
+
+
+class JsonErrorsThreadWorker(_JsonErrors, ThreadWorker):
+    """gthread worker (``serve --threads N`` with N > 1)."""
+
+
+class JsonErrorsSyncWorker(_JsonErrors, SyncWorker):
+    """sync worker (``serve --threads 1``)."""
