@@ -11,9 +11,10 @@ value set (not only the ones ``facts.yaml`` names today: a fact added tomorrow k
   ``bodySite`` (a generic strength row naming its muscle there);
 - Condition: ``code``, and ``note`` text (text-only findings are read from notes);
 - ServiceRequest/Procedure/DiagnosticReport ``code``, DeviceRequest ``codeCodeableConcept``,
-  ImagingStudy ``procedureCode`` and ``description``;
-- Patient, MedicationRequest (few, and the sandbox quirks are normalised at validation) and any
-  other type: kept.
+  MedicationRequest ``medicationCodeableConcept``, ImagingStudy ``procedureCode`` and
+  ``description``; a DeviceRequest or MedicationRequest that names its device or drug by
+  reference instead (often a contained resource) is kept, fact extraction resolves it;
+- Patient and any other type: kept.
 
 If fact extraction starts reading another member through a value set, add it here;
 ``tests/fhir/test_relevance.py`` checks that the facts are the same with and without the filter.
@@ -32,8 +33,14 @@ from cds_service.knowledge.valuesets import ValueSetIndex
 _ORDER_CONCEPTS = {
     "ServiceRequest": "code",
     "DeviceRequest": "codeCodeableConcept",
+    "MedicationRequest": "medicationCodeableConcept",
     "Procedure": "code",
     "DiagnosticReport": "code",
+}
+# The member that names the same thing by reference, where the type has one.
+_REFERENCE_ALTERNATIVES = {
+    "DeviceRequest": "codeReference",
+    "MedicationRequest": "medicationReference",
 }
 
 
@@ -58,13 +65,13 @@ class RelevanceFilter:
             )
         if not isinstance(resource_type, str):
             return True
-        if resource_type == "DeviceRequest" and resource.get("codeReference") is not None and not (
-            resource.get("codeCodeableConcept")
-        ):
-            return True  # a referenced (often contained) Device: fact extraction resolves it
         field = _ORDER_CONCEPTS.get(resource_type)
         if field is not None:
-            return index.matches_concept(resource.get(field))
+            concept = resource.get(field)
+            reference = _REFERENCE_ALTERNATIVES.get(resource_type)
+            if reference and not concept and resource.get(reference) is not None:
+                return True  # a referenced (often contained) Device or Medication
+            return index.matches_concept(concept)
         if resource_type == "ImagingStudy":
             codes = resource.get("procedureCode")
             if codes is not None and not isinstance(codes, list):

@@ -109,3 +109,17 @@ def test_every_resource_type_the_extractor_reads_is_covered(knowledge):
     types = {r["resourceType"] for v in body["prefetch"].values() for r in iter_resources(v)}
     assert {"Condition", "Observation", "ServiceRequest", "Procedure", "DiagnosticReport",
             "ImagingStudy", "MedicationRequest", "Patient"} <= types
+
+
+def test_medication_requests_are_kept_only_for_drugs_a_fact_reads(knowledge):
+    relevant = RelevanceFilter(knowledge)
+    order = {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+             "subject": {"reference": "Patient/p1"}}
+    rxnorm = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    assert not relevant({**order, "medicationCodeableConcept": {
+        "coding": [{"system": rxnorm, "code": "197361"}], "text": "amlodipine 5 MG Oral Tablet"}})
+    assert relevant({**order, "medicationCodeableConcept": {"text": "Ampyra 10 mg ER tablet"}})
+    # named by reference (a contained Medication, or one elsewhere): fact extraction resolves it
+    assert relevant({**order, "medicationReference": {"reference": "#med1"},
+                     "contained": [{"resourceType": "Medication", "id": "med1"}]})
+    assert relevant({**order, "medicationReference": {"reference": "Medication/m7"}})

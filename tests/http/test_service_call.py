@@ -133,10 +133,10 @@ def test_sandbox_medication_request_with_single_object_members_is_tolerated(
     call_service, caplog
 ):
     """The CDS Hooks sandbox sends MedicationRequest.reasonCode and .category as objects."""
-    medication = {
+    medication = {  # a drug the facts read, so that it is validated rather than filtered out
         "resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
         "subject": {"reference": "Patient/p1"},
-        "medicationCodeableConcept": {"text": "ibuprofen 400 mg tablet"},
+        "medicationCodeableConcept": {"text": "dalfampridine 10 mg extended-release tablet"},
         "reasonCode": {"text": "back pain"},
         "category": {"coding": [{"code": "outpatient"}]},
     }
