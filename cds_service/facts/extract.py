@@ -27,18 +27,33 @@ from cds_service.knowledge.valuesets import CompiledValueSet, canonical_coding
 
 INACTIVE_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
-NEGATIVE_VALUE = re.compile(r"(?i)^\s*(no|none|absent|negative|not present|denies|false)\b")
-# Coded "no" answers, for a valueCodeableConcept sent without display or text.
+# Answers that do not assert the finding: "no" and its variants, and "unknown" (a sign that was
+# not assessed is not a sign that is present). "Pt denies" and a bare "N" (flowsheet shorthand)
+# included.
+NEGATIVE_VALUE = re.compile(
+    r"(?i)^\s*(?:(?:pt|patient)\s+)?(no|none|nil|absent|negative|not present|denies|denied|false"
+    r"|unknown|not known|not assessed|unable to assess|n)\b"
+)
+_NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+# Coded answers of the same kinds, for a valueCodeableConcept sent without display or text.
 NEGATIVE_ANSWERS = frozenset({
     ("http://snomed.info/sct", "373067005"),  # No
     ("http://snomed.info/sct", "2667000"),  # Absent
     ("http://snomed.info/sct", "260385009"),  # Negative
+    ("http://snomed.info/sct", "261665006"),  # Unknown
     ("http://loinc.org", "LA32-8"),  # No
+    ("http://loinc.org", "LA4489-6"),  # Unknown
     ("http://terminology.hl7.org/CodeSystem/v2-0136", "N"),  # No
+    (_NULL_FLAVOR, "UNK"), (_NULL_FLAVOR, "ASKU"), (_NULL_FLAVOR, "NASK"), (_NULL_FLAVOR, "NI"),
+    (_NULL_FLAVOR, "NA"),
 })
 # "3", "3/5", "3-/5", "4+ / 5", "MRC 3", "grade 3/5"; a modifier is worth a third of a grade.
 _GRADE_TEXT = re.compile(
     r"^\s*(?:MRC\s*)?(?:grade\s*)?([0-5])\s*([+-]?)\s*(?:/\s*5)?\s*$", re.IGNORECASE
+)
+_GRADE_IN_TEXT = re.compile(r"(?<![\d.])([0-5])\s*([+-]?)\s*/\s*5(?![\d.])")
+_UNRELIABLE_GRADE = re.compile(
+    r"(?i)\b(pain\w*|limited|effort|give[- ]?way|not tested|unable|inconsistent)\b|\?"
 )
 _MODIFIER = {"+": 1 / 3, "-": -1 / 3, "": 0.0}
 _BILATERAL_TEXT = re.compile(r"(?i)\b(bilateral|both|BLE)\b")
@@ -111,12 +126,34 @@ def coded_label(concept: Any, valueset: CompiledValueSet | None = None) -> str:
     return label
 
 
+_STATUS_SYSTEMS = frozenset({
+    "http://terminology.hl7.org/CodeSystem/condition-clinical",
+    "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+})
+_STATUS_CODES = frozenset({
+    "active", "recurrence", "relapse", "inactive", "remission", "resolved",
+    "unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error",
+})
+
+
 def _status_code(concept: Any) -> str | None:
-    if isinstance(concept, Mapping):
-        for coding in concept.get("coding") or ():
-            if isinstance(coding, Mapping) and coding.get("code"):
-                return str(coding["code"])
-    return None
+    """The FHIR status a clinicalStatus/verificationStatus holds. EHRs put a local coding beside
+    (often before) the HL7 one ("1 Active", "Ruled out"): the HL7 coding wins, then a coding
+    whose code or display is a FHIR status word. A status that cannot be read is None, as if
+    absent: an unreadable local code must neither hide a red flag nor invent one."""
+    if not isinstance(concept, Mapping):
+        return None
+    codings = [c for c in concept.get("coding") or () if isinstance(c, Mapping)]
+    for coding in codings:
+        if str(coding.get("system", "")).rstrip("/") in _STATUS_SYSTEMS and coding.get("code"):
+            return str(coding["code"])
+    for coding in codings:
+        for key in ("code", "display"):
+            word = str(coding.get(key) or "").strip().lower()
+            if word in _STATUS_CODES:
+                return word
+    word = str(concept.get("text") or "").strip().lower()
+    return word if word in _STATUS_CODES else None
 
 
 def condition_is_active(condition: Mapping[str, Any]) -> bool:
@@ -163,6 +200,7 @@ class _Dated:
     finding: Finding
     moment: datetime | None
     side: Side
+    kind: str  # the value set that matched: which finding this is
 
 
 class FactExtractor:
@@ -221,12 +259,19 @@ class _Extraction:
 
     # -- sides ----------------------------------------------------------------------------------
     def side_of(self, resource: Mapping[str, Any], concept: Any) -> Side:
-        """Laterality from the code itself, else bodySite (coded, then text), else the code text."""
+        """Laterality from the code itself, else bodySite (coded, then text), else the code text.
+        Every coding counts: with no bilateral code, Epic/IMO send "bilateral foot drop" as one
+        Condition coded both M21.371 and M21.372."""
+        coded = set()
         for coding in (concept or {}).get("coding") or ():
             system, code = canonical_coding(str(coding.get("system")), str(coding.get("code")))
             side = self.ex.laterality_codes.get(system, {}).get(code)
             if side:
-                return Side(side)
+                coded.add(Side(side))
+        if Side.BILATERAL in coded or {Side.LEFT, Side.RIGHT} <= coded:
+            return Side.BILATERAL
+        if coded:
+            return coded.pop()
         sites = resource.get("bodySite")
         site_list = sites if isinstance(sites, list) else [sites] if sites else []
         for site in site_list:
@@ -250,18 +295,22 @@ class _Extraction:
             if not history:
                 continue  # refuted or entered in error: as if it had never been recorded
             onset = condition_onset(condition)
-            notes = " ".join(
-                n.get("text", "") for n in condition.get("note") or () if isinstance(n, Mapping)
-            )
+            note_list = [n for n in condition.get("note") or ()
+                         if isinstance(n, Mapping) and isinstance(n.get("text"), str)]
+            notes = " ".join(n["text"] for n in note_list)
 
             def dated(vs: CompiledValueSet, condition: Mapping[str, Any] = condition,
-                      code: Any = code, notes: str = notes,
+                      code: Any = code, notes: str = notes, note_list: list[Any] = note_list,
                       onset: datetime | None = onset) -> _Dated | None:
                 if vs.matches_concept(code):
                     return self._dated(condition, code, vs, onset)
                 if vs.id in self.ex.text_only and vs.matches_text(notes):
-                    # Found in a note: name the note, not the condition it is attached to.
-                    return self._dated(condition, code, vs, onset,
+                    # Found in a note: name the note, not the condition it is attached to, and
+                    # date it by the note (a new sign noted today on a problem from last year).
+                    times = [parse_fhir_datetime(n.get("time")) for n in note_list
+                             if vs.matches_text(n["text"])]
+                    noted = max((t for t in times if t is not None), default=None)
+                    return self._dated(condition, code, vs, noted or onset,
                                        label=f'{concept_label(code)}, note "{_clip(notes)}"')
                 return None
 
@@ -288,6 +337,7 @@ class _Extraction:
                 f'{concept_label(code)}: "{_clip(value_text)}"'
                 if value_text and not NEGATIVE_VALUE.search(value_text) else None
             )
+            value_concept = obs.get("valueCodeableConcept")
             for vs in self.ex.ces_signs:
                 if vs.matches_concept(code) or (
                     vs.id in self.ex.text_only and vs.matches_text(value_text)
@@ -295,6 +345,13 @@ class _Extraction:
                     matches.setdefault("ces_sign", []).append(
                         self._dated(obs, code, vs, moment, label=label)
                     )
+                    break
+                if vs.matches_concept(value_concept):
+                    # A generic question ("Symptom", "Bladder function") answered with the sign.
+                    matches.setdefault("ces_sign", []).append(self._dated(
+                        obs, value_concept, vs, moment,
+                        label=f"{concept_label(code)}: {coded_label(value_concept, vs)}",
+                    ))
                     break
             for fact, sets in self.ex.condition_facts.items():
                 for vs in sets:
@@ -320,12 +377,12 @@ class _Extraction:
             reference=_reference(resource),
             when=moment.date() if moment else None,
         )
-        return _Dated(finding, moment, side)
+        return _Dated(finding, moment, side, vs.id)
 
     def _observation_positive(self, obs: Mapping[str, Any]) -> bool:
         if obs.get("status") not in self.t["observation_statuses"]:
             return False
-        if obs.get("valueBoolean") is False:
+        if obs.get("valueBoolean") is False or obs.get("dataAbsentReason") is not None:
             return False
         value_concept = obs.get("valueCodeableConcept")
         if value_concept is not None and NEGATIVE_VALUE.search(concept_label(value_concept)):
@@ -430,6 +487,13 @@ class _Extraction:
             )
         if isinstance(text, str):
             match = _GRADE_TEXT.match(text)
+            if match is None:
+                # A grade out of 5 inside words ("Good (4/5)", "4/5 good"): only when the text
+                # holds exactly one, so "4/5 -> 2/5" is not read as either.
+                # Not when the text says the test was unreliable ("3/5 with pain").
+                found = {m.groups() for m in _GRADE_IN_TEXT.finditer(text)}
+                reliable = not _UNRELIABLE_GRADE.search(text)
+                match = _GRADE_IN_TEXT.search(text) if len(found) == 1 and reliable else None
             if match:
                 base, modifier = match.group(1), match.group(2)
                 value = min(5.0, max(0.0, float(base) + _MODIFIER[modifier]))
@@ -772,7 +836,13 @@ class _Extraction:
         if context and signs:
             v["red_flag_cauda_equina"] = True
             f["red_flag_cauda_equina"] = [h.finding for h in signs]
-            flags.append(("cauda equina signs", max(h.moment for h in signs if h.moment).date()))
+            # A sign appeared when it was first recorded in the window: charting the same sign
+            # again (post-operative day 2) is not a new red flag, but a different sign is.
+            first_seen: dict[str, datetime] = {}
+            for hit in signs:
+                if hit.moment is not None:
+                    first_seen[hit.kind] = min(first_seen.get(hit.kind, hit.moment), hit.moment)
+            flags.append(("cauda equina signs", max(first_seen.values()).date()))
 
         # Multi-level motor deficit: weak dorsiflexion and another weak lower-limb group, where
         # the combination began recently (a long-standing, stable deficit is not a red flag).
@@ -819,6 +889,16 @@ class _Extraction:
         v["lumbar_mri_performed"] = bool(performed)
         if performed:
             f["lumbar_mri_performed"] = performed
+        open_statuses = set(t["order_statuses_ordered"]) - set(t["order_statuses_performed"])
+        pending = [
+            r for r in mri
+            if not r.performed and r.status in open_statuses
+            and r.priority in set(t["urgent_priorities"])
+            and not any(p.when and r.when and p.when >= r.when for p in performed)
+        ]
+        v["lumbar_mri_urgent_pending"] = bool(pending)
+        if pending:
+            f["lumbar_mri_urgent_pending"] = pending
         since = v.get("red_flag_since")
         urgent = set(t["urgent_priorities"])
         if since is not None:

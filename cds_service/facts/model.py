@@ -169,6 +169,7 @@ class PatientFacts:
     # Already done
     lumbar_mri_ordered: bool = False
     lumbar_mri_performed: bool = False
+    lumbar_mri_urgent_pending: bool = False  # urgent/stat order still open, not done since
     lumbar_mri_urgent_since_red_flag: bool = False
     lumbar_mri_priority: str | None = None
     lumbar_mri_date: date | None = None

@@ -798,3 +798,103 @@ def test_multilevel_groups_are_reviewer_data_and_checked_at_load(tmp_path):
     facts_file.write_text(yaml.safe_dump(data))
     with pytest.raises(KnowledgeError):
         FactExtractor(load_knowledge(cards))
+
+
+# ------------------------------------------------------------ red-team regressions (EHR shapes)
+def test_one_condition_coded_for_both_feet_is_bilateral(extractor) -> None:
+    """Epic/IMO "bilateral foot drop": one Condition coded M21.371 and M21.372 (no bilateral
+    code exists)."""
+    both = condition(ICD, "M21.371", "Bilateral foot drop", onset=4)
+    both["code"]["coding"].append({"system": ICD, "code": "M21.372"})
+    f = facts(extractor, both)
+    assert f.foot_drop_side == "bilateral"
+    assert f.red_flag_bilateral_foot_drop
+
+
+@pytest.mark.parametrize(("statuses", "active"), [
+    ([{"system": "urn:oid:1.2.840.114350.1", "code": "1", "display": "Active"},
+      {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}],
+     True),
+    ([{"system": "urn:oid:1.2.840.114350.1", "code": "1", "display": "Active"}], True),
+    ([{"system": "urn:oid:1.2.840.114350.1", "code": "3", "display": "Resolved"}], False),
+    ([{"system": "urn:local", "code": "1"},
+      {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+       "code": "resolved"}], False),
+])
+def test_the_hl7_status_coding_wins_over_a_local_one(extractor, statuses, active) -> None:
+    retention = condition(ICD, "R33.9", "Retention of urine", onset=2, clinical=None)
+    retention["clinicalStatus"] = {"coding": statuses}
+    assert facts(extractor, condition(*FD_LEFT), retention).red_flag_cauda_equina is active
+
+
+def test_refuted_in_a_second_coding_is_refuted(extractor) -> None:
+    ces = condition(ICD, "G83.4", "Cauda equina syndrome", onset=2, verification=None)
+    ces["verificationStatus"] = {"coding": [
+        {"system": "urn:local", "code": "RO", "display": "Ruled out"},
+        {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+         "code": "refuted"}]}
+    assert not facts(extractor, condition(*FD_LEFT), ces).red_flag_cauda_equina
+
+
+@pytest.mark.parametrize("answer", [
+    {"valueString": "Denied"}, {"valueString": "Pt denies"}, {"valueString": "Unknown"},
+    {"valueCodeableConcept": {"coding": [{"system": SCT, "code": "261665006"}]}},
+    {"dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                "data-absent-reason", "code": "asked-unknown"}]}},
+])
+def test_a_sign_answered_anything_but_yes_is_not_a_red_flag(extractor, answer) -> None:
+    retention = obs("Retention of urine", 1, **answer)
+    retention["code"] = {"coding": [{"system": SCT, "code": "267064002"}]}
+    assert not facts(extractor, condition(*FD_LEFT), retention).red_flag_cauda_equina
+
+
+def test_a_sign_given_as_the_answer_to_a_generic_question_is_read(extractor) -> None:
+    symptom = obs("Symptom", 1, valueCodeableConcept={
+        "coding": [{"system": SCT, "code": "267064002", "display": "Retention of urine"}]})
+    symptom["code"] = {"coding": [{"system": LOINC, "code": "75325-1", "display": "Symptom"}]}
+    f = facts(extractor, condition(*FD_LEFT), symptom)
+    assert f.red_flag_cauda_equina
+    assert "Retention of urine" in f.why("red_flag_cauda_equina")[0].describe()
+
+
+def test_a_sign_noted_today_on_an_old_problem_is_recent(extractor) -> None:
+    disc = condition(ICD, "M51.16", "Lumbar disc herniation with radiculopathy", onset=60,
+                     note="New saddle anaesthesia today")
+    disc["note"][0]["time"] = ago(0)
+    assert facts(extractor, disc).red_flag_cauda_equina
+    disc["note"][0]["time"] = ago(45)
+    assert not facts(extractor, disc).red_flag_cauda_equina
+
+
+def test_recharting_the_same_sign_after_the_mri_is_not_a_new_red_flag(extractor) -> None:
+    retention = condition(ICD, "R33.9", "Retention of urine", onset=6)
+    charted_again = obs("Retention of urine", 1, valueString="Yes")
+    charted_again["code"] = {"coding": [{"system": SCT, "code": "267064002"}]}
+    mri = order("ImagingStudy", "MRI lumbar spine", status="available", started=ago(5))
+    mri.pop("subject")
+    mri.update(subject={"reference": f"Patient/{PID}"},
+               procedureCode=[{"text": "MRI lumbar spine"}], description="MRI lumbar spine")
+    f = facts(extractor, condition(*FD_LEFT), retention, charted_again, mri)
+    assert f.red_flag_cauda_equina and f.lumbar_mri_urgent_since_red_flag
+    saddle = obs("Saddle anaesthesia", 0, valueString="Yes")  # a new sign after the MRI
+    assert not facts(extractor, condition(*FD_LEFT), retention, charted_again, mri,
+                     saddle).lumbar_mri_urgent_since_red_flag
+
+
+@pytest.mark.parametrize(("text", "grade"), [
+    ("Good (4/5)", 4.0), ("2/5 poor", 2.0), ("Fair 3-/5", 3 - 1 / 3), ("4/5 -> 2/5", None),
+    ("3/5 with pain", None), ("4/5?", None),
+])
+def test_grades_written_with_words(extractor, text, grade) -> None:
+    f = facts(extractor, df(text, 1))
+    assert [g.grade for g in f.dorsiflexion_grades] == ([pytest.approx(grade)] if grade else [])
+
+
+def test_no_second_stat_mri_is_suggested_while_one_is_open(extractor) -> None:
+    stat = order("ServiceRequest", "MRI lumbar spine", days=6, priority="stat")
+    f = facts(extractor, condition(*FD_LEFT), df(4, 3), df(2, 0), stat)
+    assert f.red_flag_progressive_weakness and not f.lumbar_mri_urgent_since_red_flag
+    assert f.lumbar_mri_urgent_pending
+    routine = order("ServiceRequest", "MRI lumbar spine", days=6, priority="routine")
+    assert not facts(extractor, condition(*FD_LEFT), df(4, 3), df(2, 0),
+                     routine).lumbar_mri_urgent_pending
