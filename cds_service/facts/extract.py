@@ -685,6 +685,13 @@ class _Extraction:
         side_dates: dict[Side, datetime | None] = {}
         evidence: list[Any] = []
         for hit in matches.get("has_foot_drop", []):
+            later_exam = latest.get(hit.side)
+            if (later_exam is not None and later_exam.grade >= 5 and hit.moment is not None
+                    and later_exam.when > hit.moment):
+                # A normal grade on that side after the problem was recorded: the problem-list
+                # entry is stale (problem lists often are), so it must not make a foot "dropped"
+                # (nor, with the other foot, bilateral).
+                continue
             evidence.append(hit.finding)
             side_dates[hit.side] = (
                 _earliest(side_dates[hit.side], hit.moment) if hit.side in side_dates

@@ -898,3 +898,14 @@ def test_no_second_stat_mri_is_suggested_while_one_is_open(extractor) -> None:
     routine = order("ServiceRequest", "MRI lumbar spine", days=6, priority="routine")
     assert not facts(extractor, condition(*FD_LEFT), df(4, 3), df(2, 0),
                      routine).lumbar_mri_urgent_pending
+
+
+def test_a_problem_contradicted_by_a_later_normal_grade_is_stale(extractor) -> None:
+    """An old left foot-drop problem still "active", left dorsiflexion 5/5 since, and a new right
+    foot drop: one foot, not a bilateral red flag."""
+    old_left = condition(*FD_LEFT, onset=400)
+    new_right = condition(*FD_RIGHT, onset=4)
+    f = facts(extractor, old_left, new_right, df(5, 60), df(5, 0), df(2, 0, side="right"))
+    assert f.foot_drop_side == "right" and not f.red_flag_bilateral_foot_drop
+    f = facts(extractor, old_left, new_right, df(2, 0, side="right"))  # no exam of the left
+    assert f.foot_drop_side == "bilateral"
