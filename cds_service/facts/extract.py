@@ -219,6 +219,9 @@ class FactExtractor:
         }
         self.ces_signs = tuple(self.vs(v) for v in t["cauda_equina_signs"])
         self.text_only = frozenset(t["text_only_findings"])
+        self.observation_findings = frozenset(
+            self.vs(v).id for v in t.get("observation_findings", ())
+        )
         self.muscles = tuple(self.vs(v) for v in t["muscle_groups"])
         self.dorsiflexion = t["dorsiflexion_group"]
         for group in t["multilevel_other_groups"]:
@@ -297,7 +300,8 @@ class _Extraction:
             onset = condition_onset(condition)
             note_list = [n for n in condition.get("note") or ()
                          if isinstance(n, Mapping) and isinstance(n.get("text"), str)]
-            notes = " ".join(n["text"] for n in note_list)
+            # One line per note, so that a negation or advice in one note never reaches the next
+            notes = "\n".join(n["text"] for n in note_list)
 
             def dated(vs: CompiledValueSet, condition: Mapping[str, Any] = condition,
                       code: Any = code, notes: str = notes, note_list: list[Any] = note_list,
@@ -353,11 +357,13 @@ class _Extraction:
                         label=f"{concept_label(code)}: {coded_label(value_concept, vs)}",
                     ))
                     break
+            exam_finding = self._exam_finding(obs)
             for fact, sets in self.ex.condition_facts.items():
                 for vs in sets:
-                    if vs.id in self.ex.text_only and (
+                    if (vs.id in self.ex.text_only and (
                         vs.matches_concept(code) or vs.matches_text(value_text)
-                    ):
+                    )) or (exam_finding and vs.id in self.ex.observation_findings
+                           and vs.matches_concept(code)):
                         matches.setdefault(fact, []).append(
                             self._dated(obs, code, vs, moment, label=label)
                         )
@@ -378,6 +384,14 @@ class _Extraction:
             when=moment.date() if moment else None,
         )
         return _Dated(finding, moment, side, vs.id)
+
+    def _exam_finding(self, obs: Mapping[str, Any]) -> bool:
+        """A finding charted present: a boolean true, a coded answer or no value at all, and no
+        number or free text (a "Foot drop screen" row holding 5/5 is a grade, not the finding)."""
+        if any(key in obs for key in ("valueQuantity", "valueInteger", "valueString",
+                                      "valueRange", "valueRatio")):
+            return False
+        return obs.get("valueBoolean") is not False and self._grade(obs) is None
 
     def _observation_positive(self, obs: Mapping[str, Any]) -> bool:
         if obs.get("status") not in self.t["observation_statuses"]:

@@ -93,7 +93,7 @@ class RelevanceFilter:
         )
 
     def _notes_match(self, notes: Any) -> bool:
-        """Notes are read as one text, joined as fact extraction joins them."""
+        """Notes are read as one text, a line per note, joined as fact extraction joins them."""
         if not notes:
             return False
         if not isinstance(notes, list):
@@ -105,4 +105,4 @@ class RelevanceFilter:
                 if not isinstance(text, str):
                     return True
                 texts.append(text)
-        return self.index.matches_text(" ".join(texts))
+        return self.index.matches_text("\n".join(texts))

@@ -3,8 +3,11 @@
 Semantics: ``compose.include.concept`` is an exact code match within its system; an ICD-10-CM
 (or NDC) ``filter`` with op ``is-a`` matches the code and everything that starts with it (prefix);
 the ``text-pattern`` extension holds regular expressions matched against CodeableConcept.text and
-coding.display, used only where no verified code exists. A coding is also tried in its canonical
-form (``canonical_coding``: OID and edition-URI systems, ICD-10-CM codes without their dot).
+coding.display, used where no verified code exists or where records often carry only a local code
+and its display (the cauda equina red flags). A text match counts only where the sentence asserts
+it (``is_asserted``: not negated, not hypothetical or advice, not answered "absent" after it).
+A coding is also tried in its canonical form (``canonical_coding``: OID and edition-URI systems,
+ICD-10-CM codes without their dot).
 
 Text answers are remembered (``_TextMemo``): a chart repeats the same few hundred code texts and
 displays thousands of times, and so do the charts of different patients, while each answer costs
@@ -42,10 +45,118 @@ _SYSTEM_ALIASES = {
 # A SNOMED CT edition or version URI written where the system belongs
 # ("http://snomed.info/sct/731000124108/version/20250301").
 _SNOMED_URI = re.compile(r"^https?://snomed\.info/(?:sct|id)(?:/\d+)?(?:/version/\d+)?$")
-# A clause that negates the finding ("no saddle anaesthesia", "denies leg crossing").
-_NEGATION = re.compile(
-    r"\b(no|not|denies|denied|without|negative for|absence of|free of)\b[^.;,]*$", re.IGNORECASE
+# --- Is a text match an assertion? (NegEx-style, after Chapman et al. 2001, much simplified) -----
+# A pattern match counts only when the sentence around it asserts the finding. Three checks:
+#  1. pre-negation: a trigger ("no", "denies", "negative for" ...) earlier in the same sentence
+#     negates everything after it, across commas and "and/or/nor" lists ("Denies fever, urinary
+#     retention, saddle anaesthesia"), until a termination word ("but", "reports", "new" ...);
+#  2. hypothetical: a conditional or safety-netting trigger earlier in the sentence ("attend ED if",
+#     "advice given re", "risk of", "?saddle anaesthesia") makes the mention not an assertion;
+#  3. post-negation: an answer right after the match, or after the label list it ends
+#     ("Saddle anaesthesia: absent", "... - pt denies", "Retention, incontinence: none").
+# Sentences end at ". ; ! newline" (and at a "?" closing a question, for the look back).
+# Red flags must not be missed, so every trigger list is kept narrow: an unclear context asserts.
+_PRE_SENTENCE_END = re.compile(r"[;!\n\r]|\.(?!\d)|(?<=[\w)\]])\?")
+_POST_SENTENCE_END = re.compile(r"[;!\n\r]|\.(?!\d)")
+_PRE_NEGATION = re.compile(
+    r"\b(?:no|not|never|neither|nor|none\s+of|denie[sd]|deny(?:ing)?|without|w/o"
+    r"|neg(?:ative)?\s+for|absence\s+of|free\s+of|nil|ruled?\s+out|rules\s+out|r/o|to\s+exclude)\b",
+    re.IGNORECASE,
 )
+# Not negations although they contain a trigger: "no change in ...", "not improving", "MRI
+# without contrast", and the answer to an earlier item of a checklist ("Fever: no, retention: yes").
+_PSEUDO_NEGATION = re.compile(
+    r"\bno\s+(?:change|improvement|increase|worsening|resolution|relief|better)\b"
+    r"|\bnot\s+(?:only|improv\w*|resolv\w*|better|changed)\b"
+    r"|\bwithout\s+(?:any\s+)?(?:change|improvement|relief|resolution)\b"
+    r"|\bnil\s+by\s+mouth\b|\bgram[\s-]negative\b|\b(?:no|without|w/o)\s+(?:iv\s+)?contrast\b"
+    r"|(?:[:=?]|\s[-\u2013\u2014]+)\s*(?:no|n|none|nil|neg(?:ative)?|-ve|absent|denied)\s*(?=[,/])",
+    re.IGNORECASE,
+)
+# "If", "should X develop", "in case of", safety-netting and advice to the patient, "risk of", and
+# "?" or "query" directly before the finding. Their scope ends only at a termination word, not at
+# "new" ("advised to return if new saddle anaesthesia"). "should" followed by a verb of care
+# ("should be catheterised for retention", "should have an MRI") plans for a present finding.
+_CONDITIONAL = re.compile(
+    r"\bif\b|\bunless\b|\bwhether\b|\bin\s+(?:the\s+)?(?:case|event)\s+of\b"
+    r"|\bshould\b(?!\s+(?:be|have|undergo|receive|get|go|proceed|see|attend|continue|remain|stay"
+    r"|need|require|start|stop|take|use|wear|avoid|keep)\b)"
+    r"|\bwarning\s+signs?\b|\b(?:watch|look|monitor)(?:ing)?\s+(?:out\s+)?for\b"
+    r"|\bsafety[\s-]*net\w*|\brisk\s+(?:of|for)\b"
+    r"|\badvi[cs](?:e[sd]?|ing)\b|\bexplain(?:ed|s)?\b|\bcounsell?(?:ed|ing)\b|\beducated\b"
+    r"|(?<![\w)\]])\?\s*(?:(?:new|any|acute|possible|early)\s+)?$|\bquery\s*$",
+    re.IGNORECASE,
+)
+# Discussion about a finding, also ended by "new": "discussed with the spinal team re new urinary
+# retention" asserts it.
+_TOPIC = re.compile(
+    r"\bre\s*:|\bre\s+(?=\w)|\bregarding\b|\bdiscuss(?:ed|es|ion)?\b",
+    re.IGNORECASE,
+)
+# Words that end the scope of a trigger: a contrast, the patient now having something, a reason
+# ("given new retention"; but "advice given re ..." is advice).
+_TERMINATION_WORDS = (
+    r"\b(?:but|however|although|though|whereas|yet|except|apart\s+from|aside\s+from|other\s+than"
+    r"|reports|reported|complain(?:s|ing)?\s+of|c/o|present(?:s|ing)\s+with"
+    r"|admits?(?:\s+to)?|endorses?|pos(?:itive)?\s+for|now\s+(?:has|reports|with)|because"
+    r"|o/e|on\s+exam\w*|noted|found"
+    r"|due\s+to|secondary\s+to|in\s+(?:view|light)\s+of"
+    r"|given(?!\s+(?:re\b|regarding|about|on|to|for|in\b)))\b|(?<![\w+])\+(?=\s*\w)|\+ve\b"
+)
+_HYPOTHETICAL_END = re.compile(_TERMINATION_WORDS, re.IGNORECASE)
+_NEGATION_END = re.compile(
+    _TERMINATION_WORDS + r"|\b(?:new|newly|now|has|had|having|still)\b", re.IGNORECASE
+)
+_POST_WORDS = (
+    r"(?:absent|denie[sd]|neg(?:ative)?|-ve|not\s+present|none|nil|ruled\s+out|resolved|excluded)"
+)
+# The answer must end there ("absent.", "absent bilaterally"), not qualify the next finding
+# ("saddle anaesthesia, absent ankle reflexes" asserts both).
+_POST_END = (
+    r"(?=\s*(?:$|[^\w\s]|(?:and|or|but|on|in|at|to|with|by|per|since|today|now|currently|any"
+    r"|bilaterally|throughout|clinically|reported|noted|elicited|found|seen|detected|documented)\b))"
+)
+_POST_FILLER = (
+    r"(?:(?:pt|patient|the\s+patient|is|was|are|were|has|have|had|been|now|currently|all|both"
+    r"|clinically|it)\s+){0,3}"
+)
+_POST_NEGATION = re.compile(
+    # right after the finding: "absent", ", resolved", "(denied)", " - pt denies"
+    r"^(?:\s*[:=,(?]\s*|\s*[-\u2013\u2014]+\s*|\s+)" + _POST_FILLER + _POST_WORDS + _POST_END
+    # the answer to a labelled list the finding belongs to: "Saddle anaesthesia, retention: no"
+    + r"|^(?:\s*(?:,|/|&|\band\b|\bor\b|\bnor\b)\s*"
+    r"(?:(?!\b(?:and|or|nor)\b)[^,.;:=?/&\n]){1,40}){0,6}"
+    r"(?:\s*[:=?]\s*|\s+[-\u2013\u2014]+\s*)" + _POST_FILLER + r"(?:" + _POST_WORDS + r"|no|n)"
+    + _POST_END,
+    re.IGNORECASE,
+)
+_POST_WINDOW = 200  # characters after the match that are looked at
+_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _last_end(pattern: re.Pattern[str], text: str) -> int:
+    end = 0
+    for found in pattern.finditer(text):
+        end = found.end()
+    return end
+
+
+def is_asserted(text: str, start: int, end: int) -> bool:
+    """Does the sentence around ``text[start:end]`` (a value-set pattern match) assert it, rather
+    than negate it, ask about it, or mention it in advice? See the comment above."""
+    before = text[_last_end(_PRE_SENTENCE_END, text[:start]) : start]
+    if before.strip():
+        before = _PSEUDO_NEGATION.sub(" ", before)
+        if _PRE_NEGATION.search(before, _last_end(_NEGATION_END, before)):
+            return False
+        scope = _last_end(_HYPOTHETICAL_END, before)
+        if _CONDITIONAL.search(before, scope):
+            return False
+        if _TOPIC.search(before, max(scope, _last_end(_NEGATION_END, before))):
+            return False
+    after = text[end : end + _POST_WINDOW]
+    stop = _POST_SENTENCE_END.search(after)
+    return not _POST_NEGATION.match(after[: stop.start()] if stop else after)
 
 
 class ValueSetError(ValueError):
@@ -107,6 +218,8 @@ class CompiledValueSet:
     prefixes: Mapping[str, tuple[str, ...]]
     patterns: tuple[re.Pattern[str], ...]
     displays: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # All the patterns in one expression: most texts match none, and one search says so faster.
+    any_pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
     _memo: _TextMemo = field(default_factory=_TextMemo, compare=False, repr=False)
 
     def matches_coding(self, system: str | None, code: str | None) -> bool:
@@ -134,10 +247,14 @@ class CompiledValueSet:
         return self._memo.put(text, self._search_text(text))
 
     def _search_text(self, text: str) -> bool:
+        """True when a pattern matches somewhere the text asserts it (``is_asserted``): every
+        match is tried, so "no retention last week; retention today" is found."""
+        if self.any_pattern is not None and not self.any_pattern.search(text):
+            return False
         for pattern in self.patterns:
-            found = pattern.search(text)
-            if found and not _NEGATION.search(text[: found.start()]):
-                return True
+            for found in pattern.finditer(text):
+                if is_asserted(text, found.start(), found.end()):
+                    return True
         return False
 
     def matches_concept(self, concept: Mapping[str, Any] | None) -> bool:
@@ -207,7 +324,24 @@ def compile_valueset(resource: Mapping[str, Any]) -> CompiledValueSet:
         prefixes={k: tuple(v) for k, v in prefixes.items()},
         patterns=tuple(patterns),
         displays=displays,
+        any_pattern=_any_of(patterns),
     )
+
+
+def _any_of(patterns: list[re.Pattern[str]]) -> re.Pattern[str] | None:
+    """One expression matching where any of ``patterns`` matches (None when it cannot be built
+    safely: a single pattern, flags other than a leading "(?i)", or backreferences)."""
+    if len(patterns) < 2:
+        return None
+    parts = []
+    for pattern in patterns:
+        if pattern.flags & ~(re.IGNORECASE | re.UNICODE) or _BACKREFERENCE.search(pattern.pattern):
+            return None
+        parts.append(f"(?:{pattern.pattern.removeprefix('(?i)')})")
+    try:
+        return re.compile("|".join(parts), re.IGNORECASE)
+    except re.error:
+        return None
 
 
 class ValueSetIndex:

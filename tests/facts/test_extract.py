@@ -909,3 +909,29 @@ def test_a_problem_contradicted_by_a_later_normal_grade_is_stale(extractor) -> N
     assert f.foot_drop_side == "right" and not f.red_flag_bilateral_foot_drop
     f = facts(extractor, old_left, new_right, df(2, 0, side="right"))  # no exam of the left
     assert f.foot_drop_side == "bilateral"
+
+
+def test_a_free_text_foot_drop_problem_counts_unless_negated(extractor) -> None:
+    free_text = condition(ICD, "x", onset=3)
+    free_text["code"] = {"text": "Bilateral foot drop"}
+    f = facts(extractor, free_text)
+    assert f.has_foot_drop and f.foot_drop_side == "bilateral" and f.red_flag_bilateral_foot_drop
+    free_text["code"] = {"text": "No foot drop"}
+    assert not facts(extractor, free_text).has_foot_drop
+
+
+@pytest.mark.parametrize(("value", "counts"), [
+    ({"valueBoolean": True}, True),
+    ({}, True),
+    ({"valueBoolean": False}, False),
+    ({"valueCodeableConcept": {"coding": [{"system": SCT, "code": "373067005"}]}}, False),
+    ({"valueInteger": 5}, False),  # a grade on a "foot drop" row is a grade, not the finding
+    ({"valueString": "none"}, False),
+])
+def test_foot_drop_charted_on_an_exam_flowsheet(extractor, value, counts) -> None:
+    exam = obs("Foot drop", 2, "bilateral", **value)
+    exam["code"] = {"coding": [{"system": SCT, "code": "6077001", "display": "Foot drop"}]}
+    f = facts(extractor, exam)
+    assert f.has_foot_drop is counts
+    if counts:
+        assert f.foot_drop_side == "bilateral"
