@@ -50,6 +50,11 @@ def create_app(
                   logging.WARNING)
 
     app = Flask(__name__)
+    # No redirects from routing: Werkzeug would answer "//x" (merged slashes) with a 308 whose
+    # Location is built from the caller's Host header, an open redirect in HTML. Set before any
+    # blueprint registers. Strict slashes stay on: no rule ends in "/", so "/healthz/" stays a
+    # 404 as before, and errors.py turns any redirect routing still raises into a JSON 404.
+    app.url_map.merge_slashes = False
     from cds_service.http.json_provider import OrjsonProvider
 
     app.json = OrjsonProvider(app)

@@ -66,6 +66,12 @@ class Settings:
     fhir_max_workers: int = field(default=16, metadata={"env": "CDS_FHIR_MAX_WORKERS"})
     fhir_require_https: bool = field(default=False, metadata={"env": "CDS_FHIR_REQUIRE_HTTPS"})
     max_body_mb: float = field(default=32.0, metadata={"env": "CDS_MAX_BODY_MB"})
+    compute_budget_seconds: float = field(
+        default=10.0, metadata={"env": "CDS_COMPUTE_BUDGET_SECONDS"}
+    )
+    client_read_timeout_seconds: float = field(
+        default=15.0, metadata={"env": "CDS_CLIENT_READ_TIMEOUT_SECONDS"}
+    )
     cards_dir: Path = field(default=DEFAULT_CARDS_DIR, metadata={"env": "CDS_CARDS_DIR"})
     record_issued_cards: bool = field(default=True, metadata={"env": "CDS_RECORD_ISSUED_CARDS"})
     validate_responses: bool = field(default=True, metadata={"env": "CDS_VALIDATE_RESPONSES"})
@@ -97,7 +103,8 @@ class Settings:
     def checked(self) -> Settings:
         if self.auth not in ("required", "off"):
             raise SettingsError("CDS_AUTH must be 'required' or 'off'")
-        if min(self.fhir_budget_seconds, self.max_body_mb, self.fhir_max_response_mb) <= 0:
+        if min(self.fhir_budget_seconds, self.max_body_mb, self.fhir_max_response_mb,
+               self.compute_budget_seconds, self.client_read_timeout_seconds) <= 0:
             raise SettingsError("budgets and size limits must be positive")
         if self.fhir_max_pages < 1 or self.fhir_max_workers < 1:
             raise SettingsError("CDS_FHIR_MAX_PAGES and CDS_FHIR_MAX_WORKERS must be at least 1")

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from cds_service import deadline
 from cds_service.clock import Clock
 from cds_service.config import Settings
 from cds_service.facts.extract import FactExtractor
@@ -101,17 +102,18 @@ class Pipeline:
         if prefetch.failed:
             raise PrefetchUnavailable(prefetch.failures)
         now = self.clock()
-        record = read_patient_record(
-            prefetch.values.values(), request.patient_id, self.relevant
-        )
-        lap("read")
-        facts = self.extractor.extract(record, now)
-        orders = (
-            selected_orders(request.draft_orders, request.selections, request.patient_id,
-                            self.knowledge)
-            if service.hook == "order-select"
-            else []
-        )
+        with deadline.budget(self.settings.compute_budget_seconds):
+            record = read_patient_record(
+                prefetch.values.values(), request.patient_id, self.relevant
+            )
+            lap("read")
+            facts = self.extractor.extract(record, now)
+            orders = (
+                selected_orders(request.draft_orders, request.selections, request.patient_id,
+                                self.knowledge)
+                if service.hook == "order-select"
+                else []
+            )
         lap("facts")
         matches = evaluate(self.knowledge, service.hook, facts, orders)
         lap("rules")

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cds_service import deadline
+
 log = logging.getLogger(__name__)
 
 CLINICAL_TYPES = (
@@ -64,10 +66,12 @@ class ReadStats:
     other_patient: int = 0
     irrelevant: int = 0
     kept: int = 0
+    unknown_elements: int = 0  # kept although they carry elements FHIR R4 does not define
 
     def as_fields(self) -> dict[str, int]:
         return {"skipped_invalid": self.invalid, "skipped_other_patient": self.other_patient,
-                "skipped_irrelevant": self.irrelevant, "resources_kept": self.kept}
+                "skipped_irrelevant": self.irrelevant, "resources_kept": self.kept,
+                "kept_with_unknown_elements": self.unknown_elements}
 
 
 @dataclass
@@ -127,14 +131,27 @@ def normalise_quirks(resource: dict[str, Any]) -> dict[str, Any]:
     return resource
 
 
-def validate(resource: Mapping[str, Any]) -> dict[str, Any] | None:
+def validate(
+    resource: Mapping[str, Any], stats: ReadStats | None = None
+) -> dict[str, Any] | None:
+    """The resource, checked against its FHIR R4 model; None when it is not valid.
+
+    Elements the model does not know (a vendor's extra member, an R5 element) are tolerated when
+    they are the only problem: fact extraction never reads them, and dropping a whole Condition
+    for one of them could hide a red flag. A known element of the wrong shape still rejects it.
+    """
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in _MODULES:
         return None
     fixed = normalise_quirks(dict(resource))
     try:
         model_class(resource_type).model_validate(fixed)
-    except (ValidationError, ValueError, TypeError):
+    except ValidationError as exc:
+        if not all(error["type"] == "extra_forbidden" for error in exc.errors()):
+            return None
+        if stats is not None:
+            stats.unknown_elements += 1
+    except (ValueError, TypeError):
         return None
     return fixed
 
@@ -149,12 +166,13 @@ def read_patient_record(
     seen: set[tuple[str, str]] = set()
     for value in values:
         for resource in iter_resources(value):
+            deadline.check()
             resource_type = resource.get("resourceType")
             if resource_type == "Patient":
                 if resource.get("id") != patient_id:
                     stats.other_patient += 1
                     continue
-                valid = validate(resource)
+                valid = validate(resource, stats)
                 if valid is None:
                     stats.invalid += 1
                     continue
@@ -174,7 +192,7 @@ def read_patient_record(
             if not is_relevant(resource):
                 stats.irrelevant += 1
                 continue
-            valid = validate(resource)
+            valid = validate(resource, stats)
             if valid is None:
                 stats.invalid += 1
                 continue

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
 
 from cds_service.logs import log_event
@@ -41,10 +41,17 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
 
 
 def register_error_handlers(app: Flask) -> None:
+    @app.before_request
+    def no_routing_redirects() -> None:
+        # Routing's redirects (merged slashes, a missing trailing slash) answer in HTML with a
+        # Location built from the caller's Host header, and Flask returns them as they are:
+        # they never reach an error handler. The service has no alternate spellings of a path,
+        # so the path asked for does not exist.
+        if isinstance(request.routing_exception, RequestRedirect):
+            request.routing_exception = NotFound()
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        if isinstance(exc, RequestRedirect):  # routing's own redirect keeps its Location
-            return exc.get_response()
         status = exc.code or 500
         codes = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
                  415: "unsupported-media-type", 400: "bad-request"}

@@ -6,7 +6,8 @@ Server-rendered HTML and a little JavaScript (``static/preview.js``), no build s
 - ``GET  /preview/fixtures/<name>``    a fixture's request, dates materialised with the app clock;
 - ``POST /preview/render``             ``{"cards": [...]}`` -> ``{"html": ...}``: cards rendered
   server-side with autoescaped templates; ``detail`` markdown rendered by markdown-it-py (raw HTML
-  off) and sanitised by nh3; only http(s) URLs become links.
+  off) and sanitised by nh3; only http(s) URLs become links. A member of the wrong type (a
+  number for ``suggestions``, an object for ``summary``) is a 400 naming the member.
 
 The page POSTs the request to the real ``/cds-services/{id}`` endpoint (same origin), so what it
 shows is what an EHR gets. It sends no JWT: use it where CDS_AUTH=off. Off with CDS_PREVIEW=false.
@@ -33,10 +34,12 @@ from markdown_it import MarkdownIt
 
 from cds_service.fixtures import FIXTURES_DIR, fixture_paths, materialize
 from cds_service.http.errors import error_response
+from cds_service.validation.request import RequestError, check
 
 bp = Blueprint("preview", __name__, template_folder="templates", static_folder="static",
                static_url_path="/preview/static")
 MAX_CARDS = 200
+PREVIEW_SCHEMA = "preview-render.schema.json"
 INDICATORS = ("critical", "warning", "info")
 _SEVERITY = {name: i for i, name in enumerate(INDICATORS)}
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
@@ -185,6 +188,12 @@ def render() -> Response:
     cards = body.get("cards") if isinstance(body, dict) else None
     if not isinstance(cards, list):
         return _secure(error_response(400, "invalid-request", 'send {"cards": [...]}'))
+    try:
+        # The shape first (lists are lists, text is text): a number where the template loops
+        # over a list was a TypeError and a 500. The message names the member, never its value.
+        check(PREVIEW_SCHEMA, body)
+    except RequestError as exc:
+        return _secure(error_response(exc.status, exc.code, exc.message))
     views = [card_view(c) for c in cards[:MAX_CARDS]]
     html = render_template("preview_cards.html", cards=views)
     return _secure(jsonify({"html": html, "count": len(views)}))

@@ -13,6 +13,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
+from cds_service import deadline
 from cds_service.http.errors import error_response, operation_outcome
 from cds_service.logs import log_event
 from cds_service.pipeline import PrefetchUnavailable
@@ -22,7 +23,16 @@ from cds_service.validation.request import RequestError, check
 
 bp = Blueprint("cds", __name__)
 log = logging.getLogger("cds_service.http")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# RFC 3339 section 5.6 date-time, which CDS Hooks 2.0 requires for outcomeTimestamp. Checked
+# before parsing because datetime.fromisoformat also takes other ISO 8601 forms (week dates,
+# basic format, a space or any other character as separator, no seconds). ASCII digits only
+# ([0-9], not \d, which matches any Unicode digit); the ABNF is case-insensitive, so "t" and
+# "z" are accepted as RFC 3339 allows. Used with fullmatch: "$" would let a final "\n" through.
+_RFC3339_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 
 
 def runtime() -> Runtime:
@@ -70,6 +80,12 @@ def call_service(service_id: str) -> Response:
         g.log_fields["hook"] = body["hook"][:64]
     try:
         result = rt.pipeline.call(service_id, body)
+    except deadline.BudgetExceeded as exc:
+        raise RequestError(
+            413, "request-too-complex",
+            "the request holds more data or free text than the service can evaluate within "
+            "CDS_COMPUTE_BUDGET_SECONDS",
+        ) from exc
     except PrefetchUnavailable as exc:
         keys = [f.key for f in exc.failures]
         g.log_fields["failed_keys"] = {f.key: f.reason for f in exc.failures}
@@ -106,7 +122,8 @@ def feedback(service_id: str) -> Response:
         timestamp = _parse_rfc3339(item["outcomeTimestamp"])
         if timestamp is None:
             raise RequestError(400, "invalid-request",
-                               f"feedback.{i}.outcomeTimestamp: not an RFC 3339 date-time")
+                               f"feedback.{i}.outcomeTimestamp: not an RFC 3339 date-time "
+                               "(e.g. 2026-01-31T10:15:00Z or 2026-01-31T11:15:00.5+01:00)")
         reason = (item.get("overrideReason") or {}).get("reason") or {}
         entries.append(
             FeedbackEntry(
@@ -133,11 +150,15 @@ def healthz() -> Response:
 
 
 def _parse_rfc3339(value: str) -> datetime | None:
+    """The instant as UTC, or None when ``value`` is not an RFC 3339 date-time that names a real
+    instant the database can store (month 13, 24:00, a leap second :60, before year 1 in UTC)."""
+    if not _RFC3339_DATE_TIME.fullmatch(value):
+        return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         return None
-    if moment.tzinfo is None:
+    if moment.tzinfo is None:  # unreachable after the pattern check; kept as a guard
         return None
     try:
         return moment.astimezone(UTC)
@@ -162,7 +183,7 @@ def init_app(app: Flask) -> None:
     def start_request() -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         g.log_fields = {}
 
     @app.after_request

@@ -1,5 +1,12 @@
 """Gunicorn workers that answer malformed HTTP the way the app answers everything else.
 
+Both also stop waiting for a client that goes quiet in the middle of a request (headers never
+finished, a body shorter than its Content-Length): gunicorn reads a started request with a
+blocking socket and no timeout, so eight such clients held all of a worker's threads for good.
+``SO_RCVTIMEO`` bounds each wait at ``CDS_CLIENT_READ_TIMEOUT_SECONDS``, after which the
+connection is closed. A client trickling one byte at a time is only bounded by a buffering
+proxy in front.
+
 A request gunicorn cannot parse (a bad request line, an oversized or invalid header, broken
 chunked encoding) never reaches Flask: gunicorn's stock handler answers it with an HTML page and
 logs the parser's message, which quotes the offending request line or header. That message can
@@ -10,7 +17,11 @@ gets the same JSON OperationOutcome as any other 4xx, with a stable code.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import struct
+from contextlib import suppress
+from functools import cache
 from typing import Any
 
 import orjson
@@ -19,6 +30,7 @@ from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from cds_service.config import Settings
 from cds_service.http.errors import operation_outcome
 from cds_service.logs import log_event
 
@@ -73,6 +85,20 @@ def error_bytes(status: int, reason: str, code: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+@cache
+def _read_timeout() -> bytes:
+    seconds = Settings.from_env().client_read_timeout_seconds
+    return struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+
+
+def bound_reads(sock: socket.socket) -> None:
+    """Make every blocking read on ``sock`` give up after CDS_CLIENT_READ_TIMEOUT_SECONDS of
+    silence. An OS option rather than ``settimeout``: gunicorn calls ``setblocking(True)``,
+    which would undo it."""
+    with suppress(OSError):  # not a TCP/Unix socket (a test double): nothing to bound
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _read_timeout())
+
+
 class _JsonErrors:
     log: Any
 
@@ -94,6 +120,14 @@ class _JsonErrors:
 class JsonErrorsThreadWorker(_JsonErrors, ThreadWorker):
     """gthread worker (``serve --threads N`` with N > 1)."""
 
+    def handle(self, conn: Any) -> Any:
+        bound_reads(conn.sock)
+        return super().handle(conn)
+
 
 class JsonErrorsSyncWorker(_JsonErrors, SyncWorker):
     """sync worker (``serve --threads 1``)."""
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        bound_reads(client)
+        super().handle(listener, client, addr)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from cds_service import deadline
+
 TEXT_PATTERN_URL = "https://footdrop-cds.example.org/fhir/StructureDefinition/text-pattern"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -131,6 +133,10 @@ _POST_NEGATION = re.compile(
     re.IGNORECASE,
 )
 _POST_WINDOW = 200  # characters after the match that are looked at
+_PRE_WINDOW = 300  # characters before the match: a sentence's reach, generously
+# Clinical code texts, displays, answers and notes are far shorter; a longer text is read up to
+# here (documented in docs/robustness.md).
+MAX_SCANNED_TEXT = 8_000
 _BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
 
 
@@ -143,8 +149,12 @@ def _last_end(pattern: re.Pattern[str], text: str) -> int:
 
 def is_asserted(text: str, start: int, end: int) -> bool:
     """Does the sentence around ``text[start:end]`` (a value-set pattern match) assert it, rather
-    than negate it, ask about it, or mention it in advice? See the comment above."""
-    before = text[_last_end(_PRE_SENTENCE_END, text[:start]) : start]
+    than negate it, ask about it, or mention it in advice? See the comment above. Only the
+    ``_PRE_WINDOW`` characters before the match are read: every match of a long text is checked,
+    and an unbounded look back would make that quadratic."""
+    window_start = max(0, start - _PRE_WINDOW)
+    before = text[window_start:start]
+    before = before[_last_end(_PRE_SENTENCE_END, before):]
     if before.strip():
         before = _PSEUDO_NEGATION.sub(" ", before)
         if _PRE_NEGATION.search(before, _last_end(_NEGATION_END, before)):
@@ -248,7 +258,10 @@ class CompiledValueSet:
 
     def _search_text(self, text: str) -> bool:
         """True when a pattern matches somewhere the text asserts it (``is_asserted``): every
-        match is tried, so "no retention last week; retention today" is found."""
+        match is tried, so "no retention last week; retention today" is found. Only the first
+        ``MAX_SCANNED_TEXT`` characters are read, so that one text costs milliseconds at most."""
+        deadline.check()
+        text = text[:MAX_SCANNED_TEXT]
         if self.any_pattern is not None and not self.any_pattern.search(text):
             return False
         for pattern in self.patterns:

@@ -2,6 +2,9 @@
 
 - present key: use it; ``null`` means the EHR has no such data (not a failure);
 - an OperationOutcome value: the EHR could not fetch it, so it counts as missing;
+- a value that cannot be what the template's query returns (not a Bundle for a search, not the
+  resource type for a read): counted as missing too, never read as "no data", which could hide a
+  red flag;
 - missing key: fetch it from ``fhirServer`` by expanding our own template, with the bearer
   token the EHR sent; all missing keys are fetched concurrently within one deadline;
 - a searchset the EHR sent with a ``next`` link (2.0 allows paged prefetch): the remaining pages
@@ -52,6 +55,18 @@ class PrefetchResult:
 
 def _is_operation_outcome(value: Any) -> bool:
     return isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
+
+
+def _fits_template(template: str, value: Mapping[str, Any]) -> bool:
+    """Could ``value`` be the answer to the template's query? A search returns a Bundle; a read
+    ("Patient/{{context.patientId}}") returns that resource (a Bundle of it is tolerated)."""
+    resource_type = value.get("resourceType")
+    if resource_type == "Bundle":
+        return isinstance(value.get("entry", []), list)
+    path = template.split("?", 1)[0]
+    if "?" in template or "/" not in path:
+        return False
+    return resource_type == path.split("/", 1)[0]
 
 
 def _next_link(value: Any) -> str | None:
@@ -110,6 +125,7 @@ def resolve_prefetch(
 ) -> PrefetchResult:
     result = PrefetchResult()
     missing: dict[str, str] = {}
+    malformed: set[str] = set()
     paged: dict[str, Mapping[str, Any]] = {}  # searchsets the EHR sent with a next link
     for spec in service.prefetch:
         if spec.key in request.prefetch:
@@ -118,7 +134,11 @@ def resolve_prefetch(
                 result.values[spec.key] = None
                 result.sources[spec.key] = "null"
                 continue
-            if not _is_operation_outcome(value) and isinstance(value, Mapping):
+            if isinstance(value, Mapping) and not _is_operation_outcome(value) and not (
+                _fits_template(spec.template, value)
+            ):
+                malformed.add(spec.key)
+            elif not _is_operation_outcome(value) and isinstance(value, Mapping):
                 if _next_link(value) is not None:
                     paged[spec.key] = value
                     continue
@@ -132,6 +152,8 @@ def resolve_prefetch(
     modes = {spec.key: spec.on_failure for spec in service.prefetch}
 
     def fail(key: str, reason: str) -> None:
+        if key in malformed and reason == "no-fhir-server":
+            reason = "malformed-prefetch"  # the more useful of the two to an integrator
         if key in paged:
             # The EHR sent the first page(s): reading them beats a 412 that would hide a red
             # flag already in hand. The gap is logged as a truncated key.

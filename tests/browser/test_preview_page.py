@@ -47,7 +47,7 @@ def test_fixture_request_is_materialised(client):
 
 
 def test_render_escapes_and_sanitises(client):
-    response = client.post("/preview/render", json={"cards": [HOSTILE_CARD, "junk"]})
+    response = client.post("/preview/render", json={"cards": [HOSTILE_CARD]})
     assert response.status_code == 200
     html = response.get_json()["html"]
     assert "<script>" not in html and "&lt;script&gt;" in html
@@ -62,6 +62,8 @@ def test_render_escapes_and_sanitises(client):
 
 def test_render_rejects_other_bodies(client):
     assert client.post("/preview/render", json={"cards": "x"}).status_code == 400
+    # A card that is not an object used to be shown as an empty card; it is a 400 now.
+    assert client.post("/preview/render", json={"cards": [HOSTILE_CARD, "junk"]}).status_code == 400
     assert client.post("/preview/render", data="x", content_type="text/plain").status_code == 400
 
 

@@ -40,3 +40,19 @@ def test_absolute_versioned_and_foreign_references() -> None:
     record = read_patient_record([bundle], PID, lambda _r: True)
     assert [c["id"] for c in record.of("Condition")] == ["c1", "c2", "c3"]
     assert record.stats.other_patient == 2
+
+
+def test_elements_fhir_does_not_define_are_tolerated_wrong_shapes_are_not() -> None:
+    """A vendor's extra member must not drop the Condition (it may be the red flag); a known
+    element of the wrong shape still does."""
+    extra_top = {**_condition("c1", f"Patient/{PID}"), "epicInternalFlag": True}
+    extra_nested = _condition("c2", f"Patient/{PID}")
+    extra_nested["code"]["vendorRank"] = 2
+    wrong_shape = {**_condition("c3", f"Patient/{PID}"), "onsetDateTime": "last Tuesday"}
+    both = {**wrong_shape, "id": "c4", "epicInternalFlag": True}
+    bundle = {"resourceType": "Bundle", "type": "searchset",
+              "entry": [{"resource": r} for r in (extra_top, extra_nested, wrong_shape, both)]}
+    record = read_patient_record([bundle], PID, lambda _r: True)
+    assert [c["id"] for c in record.of("Condition")] == ["c1", "c2"]
+    assert record.stats.unknown_elements == 2
+    assert record.stats.invalid == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import timedelta
 
 import pytest
 
@@ -164,3 +165,55 @@ def test_feedback_for_a_card_we_issued(app, client):
     assert client.post(URL, json={"feedback": [entry]}).status_code == 200
     stats = {s.recommendation_id: s for s in database(app).recommendation_stats()}
     assert stats["orthosis-and-rehabilitation"].accepted == 1
+
+
+# CDS Hooks 2.0: outcomeTimestamp is an RFC 3339 (section 5.6) date-time. These ISO 8601 forms
+# are not, yet datetime.fromisoformat took them and they were stored.
+NOT_RFC3339 = [
+    "2026-W47-6T10:00:00Z",  # ISO week date
+    "20261121T100000Z",  # ISO basic format
+    "2026-11-21 10:00:00Z",  # space separator
+    "2026-11-21T10:00Z",  # no seconds
+    "2026-11-21T10Z",  # hour only
+    "2026-11-21T10:00:00+0100",  # offset without the colon
+    "2026-11-21T10:00:00+01",  # offset without minutes
+    "2026-11-21T10:00:00,5Z",  # decimal comma
+    "2026-11-21T10:00:00.Z",  # a dot with no digits
+    "2026-11-21T10:00:00Z\n",  # trailing newline
+    " 2026-11-21T10:00:00Z",  # leading space
+    "2026-11-21T10:00:00\u0661Z",  # a non-ASCII digit
+    "2026-11-21T10:00:00UTC",
+    "2026-11-21T24:00:00Z",  # valid ISO 8601 end of day, no RFC 3339 hour 24
+    "2026-02-30T10:00:00Z",  # no such day
+    "2026-11-21T10:00:00+25:00",  # no such offset
+    "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC: cannot be stored
+    "9999-12-31T23:59:59-01:00",  # after year 9999 once in UTC
+]
+
+
+@pytest.mark.parametrize("timestamp", NOT_RFC3339)
+def test_timestamp_that_is_not_rfc3339_is_400_and_not_stored(app, client, timestamp):
+    response = client.post(URL, json={"feedback": [{**accepted(),
+                                                    "outcomeTimestamp": timestamp}]})
+    assert response.status_code == 400
+    issue = response.get_json()["issue"][0]
+    assert issue["diagnostics"].startswith("feedback.0.outcomeTimestamp:")
+    assert database(app).count_feedback() == 0
+
+
+@pytest.mark.parametrize(("timestamp", "stored_utc"), [
+    ("2026-11-20T12:01:02Z", "2026-11-20T12:01:02"),
+    ("2026-11-20t12:01:02z", "2026-11-20T12:01:02"),  # RFC 3339 allows lower-case t and z
+    ("2026-11-20T12:01:02.123456789Z", "2026-11-20T12:01:02.123456"),  # cut to microseconds
+    ("2026-11-20T13:01:02+01:00", "2026-11-20T12:01:02"),
+    ("2026-11-20T12:01:02-00:00", "2026-11-20T12:01:02"),  # UTC, local offset unknown
+    ("2026-11-20T00:31:02-11:30", "2026-11-20T12:01:02"),
+])
+def test_rfc3339_timestamps_are_stored_as_utc(app, client, timestamp, stored_utc):
+    response = client.post(URL, json={"feedback": [{**accepted(),
+                                                    "outcomeTimestamp": timestamp}]})
+    assert response.status_code == 200, response.get_json()
+    (row,) = database(app).feedback_rows()
+    moment = row["outcome_timestamp"]
+    assert moment.utcoffset() in (None, timedelta(0))  # SQLite keeps no zone: the UTC instant
+    assert moment.replace(tzinfo=None).isoformat() == stored_utc

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from importlib import resources
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.http import builders as b
 
@@ -184,3 +188,106 @@ def test_body_larger_than_the_limit_is_413(app, tmp_path):
     body = b.patient_view()
     body["prefetch"]["patient"]["text"] = {"status": "generated", "div": "x" * 4000}
     outcome(small.post(PATIENT_VIEW, json=copy.deepcopy(body)), 413)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"compute_budget_seconds": 1e-9}])
+def test_a_request_over_the_compute_budget_is_a_json_413(call_service, settings_overrides):
+    """A chart too big (or too wordy) to evaluate in CDS_COMPUTE_BUDGET_SECONDS gets a JSON 413,
+    before gunicorn's worker timeout would kill the worker and leave the EHR with no answer."""
+    response = call_service("foot-drop-patient-view",
+                            b.patient_view(prefetch=b.foot_drop_prefetch()))
+    assert response.status_code == 413
+    body = response.get_json()
+    assert body["issue"][0]["details"]["coding"][0]["code"] == "request-too-complex"
+
+
+def with_newline(path):
+    """The valid value at ``path`` (``selections.0`` is a list item) with "\\n" appended."""
+    def change(body):
+        *parents, last = path.split(".")
+        node = body
+        for name in parents:
+            node = node[int(name)] if isinstance(node, list) else node[name]
+        key = int(last) if isinstance(node, list) else last
+        node[key] = node[key] + "\n"
+    return change
+
+
+def with_server_and_newline(path):
+    def change(body):
+        body.update(b.with_fhir_server(body))
+        with_newline(path)(body)
+    return change
+
+
+# A value with a trailing newline was accepted: Python's re lets "$" match before a final "\n",
+# and an id such as "p1\n" then matched no resource, so a critical card was silently lost.
+TRAILING_NEWLINE = [
+    (PATIENT_VIEW, b.patient_view, "context.patientId", with_newline("context.patientId")),
+    (PATIENT_VIEW, b.patient_view, "context.userId", with_newline("context.userId")),
+    (PATIENT_VIEW, lambda: {**b.patient_view(), "context": {
+        **b.patient_view()["context"], "encounterId": "e1"}},
+     "context.encounterId", with_newline("context.encounterId")),
+    (PATIENT_VIEW, b.patient_view, "fhirServer", with_server_and_newline("fhirServer")),
+    (PATIENT_VIEW, b.patient_view, "fhirAuthorization.token_type",
+     with_server_and_newline("fhirAuthorization.token_type")),
+    (ORDER_SELECT, b.order_select, "context.patientId", with_newline("context.patientId")),
+    (ORDER_SELECT, b.order_select, "context.userId", with_newline("context.userId")),
+    (ORDER_SELECT, lambda: {**b.order_select(), "context": {
+        **b.order_select()["context"], "encounterId": "e1"}},
+     "context.encounterId", with_newline("context.encounterId")),
+    (ORDER_SELECT, b.order_select, "context.selections.0",
+     with_newline("context.selections.0")),
+]
+
+
+@pytest.mark.parametrize(("url", "build", "member", "change"), TRAILING_NEWLINE,
+                         ids=[f"{u.rsplit('-', 2)[-2]}-{m}" for u, _, m, _ in TRAILING_NEWLINE])
+def test_trailing_newline_in_a_checked_member_is_400_naming_it(client, url, build, member,
+                                                               change):
+    body = build()
+    assert client.post(url, json=body).status_code == 200  # the value without "\n" is fine
+    change(body)
+    issue = outcome(client.post(url, json=body), 400)
+    assert issue["details"]["coding"][0]["code"] == "invalid-request"
+    assert issue["diagnostics"].startswith(f"{member}:"), issue["diagnostics"]
+
+
+@pytest.mark.parametrize("ending", ["\r", "\r\n", " ", "\u2028", "\n\n"])
+def test_other_line_endings_after_an_id_are_400_too(client, ending):
+    body = b.patient_view()
+    body["context"]["patientId"] += ending
+    issue = outcome(client.post(PATIENT_VIEW, json=body), 400)
+    assert issue["diagnostics"].startswith("context.patientId:")
+
+
+def shipped_patterns() -> list[tuple[str, str]]:
+    """(schema file, pattern) for every "pattern" in the service's own JSON Schemas."""
+    found = []
+
+    def walk(node, name):
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                found.append((name, node["pattern"]))
+            for value in node.values():
+                walk(value, name)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, name)
+
+    for path in resources.files("cds_service.validation").joinpath("schemas").iterdir():
+        if path.name.endswith(".json"):
+            walk(json.loads(path.read_text()), path.name)
+    return sorted(found)
+
+
+@pytest.mark.parametrize(("schema", "pattern"), shipped_patterns())
+@settings(max_examples=25, deadline=None, database=None)
+@given(data=st.data())
+def test_no_schema_pattern_accepts_a_value_with_a_trailing_newline(schema, pattern, data):
+    """Covers patterns added later too: the validator uses Python's re.search, as here."""
+    value = data.draw(st.from_regex(pattern))
+    if re.search(pattern, value + " "):  # a prefix rule ("^https?://"): whitespace may follow
+        return
+    assert re.search(pattern, value)
+    assert not re.search(pattern, value + "\n"), f"{schema}: {pattern}"

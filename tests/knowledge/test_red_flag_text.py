@@ -301,3 +301,22 @@ def test_long_adversarial_text_is_fast(knowledge, red_flags):
         for vs_id in RED_FLAG_SETS:
             knowledge.valueset(vs_id).matches_text(text)
     assert time.perf_counter() - start < 2.0
+
+
+# ------------------------------------------------ bounded reading (every match of a long text)
+def test_the_look_back_is_a_sentence_not_the_whole_text(knowledge):
+    """Each match looks back a bounded window: a negation 400 characters earlier, with no
+    sentence end between, no longer reaches it (before, every match re-read the whole text, so a
+    text of many negated mentions took quadratic time)."""
+    saddle = knowledge.valuesets["saddle-anaesthesia"]
+    assert not saddle.matches_text("no " + "x" * 200 + " saddle anaesthesia")
+    assert saddle.matches_text("no " + "x" * 400 + " saddle anaesthesia")
+
+
+def test_only_the_start_of_a_very_long_text_is_read(knowledge):
+    from cds_service.knowledge.valuesets import MAX_SCANNED_TEXT
+
+    saddle = knowledge.valuesets["saddle-anaesthesia"]
+    filler = "Routine review. " * (MAX_SCANNED_TEXT // 16)
+    assert saddle.matches_text("Saddle anaesthesia today. " + filler)
+    assert not saddle.matches_text(filler + "Saddle anaesthesia today.")

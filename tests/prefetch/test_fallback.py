@@ -123,6 +123,38 @@ def test_operation_outcome_value_without_fhir_server_is_412(call_service):
     assert failed_keys(response) == {"conditions"}
 
 
+MALFORMED = [
+    {"foo": 1},
+    {"resourceType": 5},
+    {"resourceType": "Patient", "id": "p1"},  # a resource where a search result belongs
+    {"resourceType": "Bundle", "type": "searchset", "entry": {"resource": {}}},
+]
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+def test_a_malformed_value_is_fetched_again_never_read_as_no_data(call_service, fhir, value):
+    """Read as "no conditions", a malformed value would silently drop the red flag they hold."""
+    fhir.get(url("conditions"), json=b.searchset(b.foot_drop_condition()))
+    body = b.with_fhir_server(b.patient_view(prefetch=b.full_prefetch(conditions=value)))
+    response = call_service(PATIENT_VIEW, body)
+    assert response.status_code == 200
+    assert fhir.calls[0].request.url == url("conditions")
+    assert "orthosis-and-rehabilitation" in b.card_ids(response.get_json())
+
+
+@pytest.mark.parametrize("value", MALFORMED)
+def test_a_malformed_value_without_fhir_server_is_412_saying_so(call_service, value):
+    response = call_service(PATIENT_VIEW,
+                            b.patient_view(prefetch=b.full_prefetch(conditions=value)))
+    assert failed_keys(response) == {"conditions"}
+    assert "malformed-prefetch" in response.get_json()["issue"][0]["diagnostics"]
+
+
+def test_a_read_answered_with_a_bundle_of_it_is_accepted(call_service):
+    prefetch = b.full_prefetch(patient=b.searchset(b.patient()))
+    assert call_service(PATIENT_VIEW, b.patient_view(prefetch=prefetch)).status_code == 200
+
+
 # -- paging --------------------------------------------------------------------------------------
 def test_paginated_search_follows_next_links(call_service, fhir):
     page2 = f"{b.FHIR_BASE}/Condition?_getpages=abc&_offset=200"

@@ -196,3 +196,53 @@ def test_the_single_threaded_worker_answers_malformed_http_in_json_too(tmp_path)
     assert got == 400
     assert_outcome(body, "malformed-http")
     assert "malformed HTTP request refused" in server.log()
+
+
+@pytest.mark.parametrize("path", [
+    "/cds-services//foot-drop-patient-view",
+    "/cds-services/foot-drop-patient-view//feedback",
+    "/cds-services/foot-drop-patient-view/",
+])
+def test_doubled_or_trailing_slash_is_a_json_404_never_a_redirect_to_the_host_header(
+        live_server, path):
+    # Under gunicorn the path reaches Werkzeug as sent; it used to answer a 308 in HTML with
+    # Location: http://evil.example/..., taken from the Host header.
+    conn = connect(live_server)
+    conn.request("POST", path, body=b"{}",
+                 headers={"Content-Type": "application/json", "Host": "evil.example"})
+    response = conn.getresponse()
+    status, body, headers = read(response)
+    conn.close()
+    assert status == 404
+    assert_outcome(body, "not-found")
+    assert "Location" not in headers and "evil.example" not in json.dumps(body)
+
+
+def test_clients_that_stall_mid_request_do_not_hold_the_workers(tmp_path):
+    """More stalled clients than threads (unfinished headers, a body shorter than announced):
+    each is dropped after CDS_CLIENT_READ_TIMEOUT_SECONDS and the service answers again."""
+    import requests
+
+    from tests.robustness.conftest import start_live_server
+
+    server = start_live_server(tmp_path, threads=2,
+                               env={"CDS_CLIENT_READ_TIMEOUT_SECONDS": "1"})
+    parts = urlsplit(server.url)
+    stalled = []
+    try:
+        for i in range(6):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " if i % 2 else
+                         f"POST {SERVICE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         "application/json\r\nContent-Length: 500\r\n\r\n{".encode())
+            stalled.append(sock)
+        for sock in stalled:  # the server gives up on each: end of stream, or a JSON 400
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            assert not data or b"application/json" in data.lower()
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()

@@ -399,3 +399,4 @@ def test_feedback_timestamp_out_of_range_is_400_not_500(client):
     response = client.post("/cds-services/foot-drop-patient-view/feedback", json=body)
     assert response.status_code == 400
     assert "outcomeTimestamp" in response.get_json()["issue"][0]["diagnostics"]
+
