@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
@@ -57,16 +57,20 @@ def _is_operation_outcome(value: Any) -> bool:
     return isinstance(value, Mapping) and value.get("resourceType") == "OperationOutcome"
 
 
-def _fits_template(template: str, value: Mapping[str, Any]) -> bool:
+def _fits_template(template: str, value: Mapping[str, Any], context: Mapping[str, Any]) -> bool:
     """Could ``value`` be the answer to the template's query? A search returns a Bundle; a read
-    ("Patient/{{context.patientId}}") returns that resource (a Bundle of it is tolerated)."""
+    ("Patient/{{context.patientId}}") returns that very resource (a Bundle of it is tolerated):
+    a Patient with another id is another patient's record, never this one's."""
     resource_type = value.get("resourceType")
     if resource_type == "Bundle":
         return isinstance(value.get("entry", []), list)
-    path = template.split("?", 1)[0]
-    if "?" in template or "/" not in path:
+    if "?" in template or "/" not in template:
         return False
-    return resource_type == path.split("/", 1)[0]
+    try:
+        expected_type, expected_id = expand(template, context).split("/", 1)
+    except (UnresolvedToken, ValueError):
+        return False
+    return resource_type == expected_type and value.get("id") == unquote(expected_id)
 
 
 def _next_link(value: Any) -> str | None:
@@ -135,7 +139,7 @@ def resolve_prefetch(
                 result.sources[spec.key] = "null"
                 continue
             if isinstance(value, Mapping) and not _is_operation_outcome(value) and not (
-                _fits_template(spec.template, value)
+                _fits_template(spec.template, value, request.context)
             ):
                 malformed.add(spec.key)
             elif not _is_operation_outcome(value) and isinstance(value, Mapping):

@@ -291,3 +291,13 @@ def test_no_schema_pattern_accepts_a_value_with_a_trailing_newline(schema, patte
         return
     assert re.search(pattern, value)
     assert not re.search(pattern, value + "\n"), f"{schema}: {pattern}"
+
+
+def test_more_selections_than_any_ordering_session_has_are_refused(call_service):
+    """Each selected order can carry its own card: a request selecting thousands would answer
+    with thousands of cards (and rows). 200 is far above a real ordering session."""
+    body = b.order_select(prefetch=b.foot_drop_prefetch(),
+                          selections=[f"ServiceRequest/sr-{i}" for i in range(201)])
+    response = call_service("foot-drop-order-select", body)
+    assert response.status_code == 400
+    assert "selections" in response.get_json()["issue"][0]["diagnostics"]

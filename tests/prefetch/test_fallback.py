@@ -150,6 +150,18 @@ def test_a_malformed_value_without_fhir_server_is_412_saying_so(call_service, va
     assert "malformed-prefetch" in response.get_json()["issue"][0]["diagnostics"]
 
 
+def test_another_patients_record_in_the_patient_key_is_never_read(call_service, fhir):
+    """A Patient with another id under "patient" is another patient's record: fetched again."""
+    stranger = {**b.patient(), "id": "someone-else"}
+    response = call_service(PATIENT_VIEW,
+                            b.patient_view(prefetch=b.full_prefetch(patient=stranger)))
+    assert failed_keys(response) == {"patient"}
+    fhir.get(url("patient"), json=b.patient())
+    body = b.with_fhir_server(b.patient_view(prefetch=b.full_prefetch(patient=stranger)))
+    assert call_service(PATIENT_VIEW, body).status_code == 200
+    assert fhir.calls[0].request.url == url("patient")
+
+
 def test_a_read_answered_with_a_bundle_of_it_is_accepted(call_service):
     prefetch = b.full_prefetch(patient=b.searchset(b.patient()))
     assert call_service(PATIENT_VIEW, b.patient_view(prefetch=prefetch)).status_code == 200
