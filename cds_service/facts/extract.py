@@ -617,6 +617,30 @@ class _Extraction:
                     med.get("priority"))
         return records
 
+    def _lab_value(self, kind: str, quantity: Mapping[str, Any], moment: datetime,
+                   obs: Mapping[str, Any]) -> LabValue | None:
+        """A lab value in the unit the rules compare with. A creatinine clearance in mL/s is
+        converted to mL/min; one normalised to 1.73 m2 is an eGFR-like value, not the CrCl the
+        dalfampridine label uses, so it is read as eGFR. A value with a comparator (">60") is
+        kept only as a bound that cannot cross the CrCl limit the wrong way: "<" bounds and
+        ">" bounds at or below the limit decide nothing and are dropped."""
+        value = float(quantity["value"])
+        unit = str(quantity.get("unit") or quantity.get("code") or "")
+        compact = unit.replace(" ", "").lower()
+        if kind == "creatinine-clearance":
+            if "1.73" in compact:
+                kind = "egfr"
+            elif compact in {"ml/s", "ml/sec"}:
+                value, unit = value * 60, "mL/min"
+        comparator = str(quantity.get("comparator") or "")
+        if comparator:
+            limit = float(self.t["crcl_limit_ml_min"])
+            if not (comparator in (">", ">=") and value > limit):
+                return None
+            unit = f"{unit} ({comparator}{quantity['value']:g})".strip()
+        return LabValue(kind=kind, value=value, unit=unit, when=moment,
+                        reference=_reference(obs))
+
     def of_category(self, *categories: str) -> list[OrderRecord]:
         return [r for r in self.done if r.category in categories]
 
@@ -637,15 +661,9 @@ class _Extraction:
                 continue
             for vs in self.ex.lab_sets:
                 if vs.matches_concept(obs.get("code")):
-                    values.append(
-                        LabValue(
-                            kind=vs.id,
-                            value=float(quantity["value"]),
-                            unit=str(quantity.get("unit") or quantity.get("code") or ""),
-                            when=moment,
-                            reference=_reference(obs),
-                        )
-                    )
+                    lab = self._lab_value(vs.id, quantity, moment, obs)
+                    if lab is not None:
+                        values.append(lab)
                     break
         values.sort(key=lambda v: v.when)
         return values
@@ -897,9 +915,21 @@ class _Extraction:
                 for item in f.get(key, [])
             ]
 
+    def current_episode(self, records: list[OrderRecord]) -> list[OrderRecord]:
+        """The records that can belong to the current foot drop: dated on or after its onset
+        (less ``episode_grace_days``, for an onset charted late), or undated. An NCS, a discectomy
+        or a referral from years before this foot drop began says nothing about it. Medication
+        orders are current by their status, whatever their date."""
+        onset = self.values.get("foot_drop_onset")
+        if onset is None:
+            return records
+        start = onset - timedelta(days=int(self.t["episode_grace_days"]))
+        return [r for r in records
+                if r.when is None or r.when >= start or r.resource_type == "MedicationRequest"]
+
     def _already_done(self) -> None:
         t, v, f = self.t, self.values, self.findings
-        mri = self.of_category("lumbar-mri")
+        mri = self.current_episode(self.of_category("lumbar-mri"))
         if mri:
             newest = max(mri, key=lambda r: r.when or date.min)
             v["lumbar_mri_ordered"] = True
@@ -951,7 +981,7 @@ class _Extraction:
             "tendon_transfer_or_arthrodesis_ordered": ("tendon-transfer", "ankle-arthrodesis"),
         }
         for fact, categories in any_status.items():
-            hits = self.of_category(*categories)
+            hits = self.current_episode(self.of_category(*categories))
             v[fact] = bool(hits)
             if hits:
                 f[fact] = hits
@@ -960,7 +990,8 @@ class _Extraction:
             "tendon_transfer_or_arthrodesis_done": ("tendon-transfer", "ankle-arthrodesis"),
         }
         for fact, categories in performed_only.items():
-            hits = [r for r in self.of_category(*categories) if r.performed]
+            hits = [r for r in self.current_episode(self.of_category(*categories))
+                    if r.performed]
             v[fact] = bool(hits)
             if hits:
                 f[fact] = hits
@@ -980,6 +1011,16 @@ class _Extraction:
         v["renal_function_known"] = bool(recent)  # CrCl, eGFR or serum creatinine
         if recent:
             f["renal_function_known"] = recent[-1:]
+        # A CrCl older than an eGFR or serum creatinine taken since (another day) no longer
+        # describes the kidneys: a CrCl of 85 from last winter must not clear a drug this week
+        # when this week's eGFR is 25. It is set aside and the cards ask for a new estimate.
+        if crcl:
+            newer = [lab for lab in recent if lab.kind != "creatinine-clearance"
+                     and lab.when.date() > crcl[-1].when.date()]
+            if newer:
+                v["crcl_superseded"] = True
+                f["crcl_superseded"] = [crcl[-1], newer[-1]]
+                crcl = []
         if crcl:
             v["crcl_latest"] = crcl[-1].value
             f["crcl_latest"] = crcl[-1:]

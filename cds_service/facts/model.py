@@ -148,6 +148,8 @@ class PatientFacts:
     has_sciatic_or_plexus_lesion: bool = False
     has_stroke: bool = False
     has_multiple_sclerosis: bool = False
+    has_cerebral_palsy: bool = False
+    has_spinal_cord_injury: bool = False
     has_spasticity: bool = False
     has_spondylolisthesis: bool = False
     habitual_leg_crossing: bool = False
@@ -191,6 +193,7 @@ class PatientFacts:
     # Dalfampridine safety
     seizure_history: bool = False
     crcl_latest: float | None = None
+    crcl_superseded: bool = False  # a newer eGFR/creatinine than the latest CrCl
     egfr_latest: float | None = None
     ckd_stage_3b_or_worse: bool = False
     renal_function_known: bool = False
@@ -268,6 +271,7 @@ ORDER_CATEGORIES = (
     "lumbar-decompression",
     "botulinum-toxin",
     "spine-surgery-referral",
+    "referral",  # any referral or consult: "refer to evaluate X" is not an order for X
 )
 
 PATIENT_FACT_NAMES: frozenset[str] = frozenset(

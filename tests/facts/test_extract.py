@@ -935,3 +935,43 @@ def test_foot_drop_charted_on_an_exam_flowsheet(extractor, value, counts) -> Non
     assert f.has_foot_drop is counts
     if counts:
         assert f.foot_drop_side == "bilateral"
+
+
+# ------------------------------------------------------------ red-team round 2 (renal, episodes)
+def test_a_crcl_older_than_a_worse_result_no_longer_clears_the_drug(extractor) -> None:
+    old_crcl = lab(CRCL, 85, "mL/min", 300)
+    low_egfr = lab("eGFR", 25, "mL/min/1.73m2", 3, coding=EGFR)
+    f = facts(extractor, old_crcl, low_egfr)
+    assert f.crcl_latest is None and f.crcl_superseded
+    assert [x.value for x in f.why("crcl_superseded")] == [85.0, 25.0]
+    same_day = lab("eGFR", 80, "mL/min/1.73m2", 300, coding=EGFR)
+    assert facts(extractor, old_crcl, same_day).crcl_latest == 85.0
+
+
+@pytest.mark.parametrize(("quantity", "crcl", "egfr"), [
+    ({"value": 1.5, "unit": "mL/s"}, 90.0, None),  # SI units
+    ({"value": 45, "unit": "mL/min/1.73m2"}, None, 45.0),  # normalised: not the label's CrCl
+    ({"value": 60, "unit": "mL/min", "comparator": ">"}, 60.0, None),  # a bound above 50
+    ({"value": 40, "unit": "mL/min", "comparator": ">"}, None, None),  # decides nothing
+    ({"value": 30, "unit": "mL/min", "comparator": "<"}, None, None),
+])
+def test_creatinine_clearance_units_and_comparators(extractor, quantity, crcl, egfr) -> None:
+    obs_ = obs(CRCL, 5, valueQuantity=quantity)
+    f = facts(extractor, obs_)
+    assert f.crcl_latest == crcl
+    assert f.egfr_latest == egfr
+
+
+def test_orders_from_before_this_foot_drop_do_not_count_as_done(extractor) -> None:
+    foot_drop = condition(*FD_LEFT, onset=20)
+    old_ncs = order("Procedure", "Nerve conduction study", status="completed", days=4 * 365)
+    recent_ncs = order("Procedure", "Nerve conduction study", status="completed", days=10)
+    charted_late = order("Procedure", "Nerve conduction study", status="completed", days=40)
+    assert not facts(extractor, foot_drop, old_ncs).ncs_emg_done
+    assert facts(extractor, foot_drop, recent_ncs).ncs_emg_done
+    assert facts(extractor, foot_drop, charted_late).ncs_emg_done  # within the grace days
+    old_discectomy = order("Procedure", "Lumbar microdiscectomy", status="completed",
+                           days=5 * 365)
+    assert not facts(extractor, foot_drop, old_discectomy).lumbar_decompression_done
+    active_drug = order("MedicationRequest", "dalfampridine 10 mg ER", days=3 * 365)
+    assert facts(extractor, foot_drop, active_drug).on_dalfampridine  # current by its status

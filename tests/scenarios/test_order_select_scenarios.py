@@ -252,3 +252,20 @@ def test_selection_of_another_patients_order_is_ignored(call_service) -> None:
         entry["resource"]["subject"] = {"reference": "Patient/someone-else"}
     body = call_service(SERVICE, request).get_json()
     assert body["cards"] == []
+
+
+def test_the_referral_patient_view_suggests_is_not_taken_for_the_operation(call_service) -> None:
+    """tendon-transfer-evaluation (patient-view) suggests a referral to *evaluate* a transfer;
+    selecting it must not bring back "defer tendon transfer", as the operation itself does."""
+    fx = fixture("tendon-transfer-after-three-months")
+    request = copy.deepcopy(fx.request)
+    order = request["context"]["draftOrders"]["entry"][0]["resource"]
+    assert "premature-tendon-transfer" in b_card_ids(call_service(SERVICE, request))
+    order["code"] = {"text": "Referral to orthopaedic foot and ankle surgery - evaluation for "
+                             "tendon transfer (persistent foot drop)"}
+    assert "premature-tendon-transfer" not in b_card_ids(call_service(SERVICE, request))
+
+
+def b_card_ids(response) -> set[str]:
+    assert response.status_code == 200
+    return set(cards_by_id(response.get_json()))
