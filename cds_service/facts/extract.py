@@ -298,25 +298,28 @@ class _Extraction:
             if not history:
                 continue  # refuted or entered in error: as if it had never been recorded
             onset = condition_onset(condition)
+            # Each note is read on its own: a negation or advice in one never reaches the next,
+            # and a long note never pushes a later one past the length read of a text.
             note_list = [n for n in condition.get("note") or ()
                          if isinstance(n, Mapping) and isinstance(n.get("text"), str)]
-            # One line per note, so that a negation or advice in one note never reaches the next
-            notes = "\n".join(n["text"] for n in note_list)
 
             def dated(vs: CompiledValueSet, condition: Mapping[str, Any] = condition,
-                      code: Any = code, notes: str = notes, note_list: list[Any] = note_list,
+                      code: Any = code, note_list: list[Any] = note_list,
                       onset: datetime | None = onset) -> _Dated | None:
                 if vs.matches_concept(code):
                     return self._dated(condition, code, vs, onset)
-                if vs.id in self.ex.text_only and vs.matches_text(notes):
-                    # Found in a note: name the note, not the condition it is attached to, and
-                    # date it by the note (a new sign noted today on a problem from last year).
-                    times = [parse_fhir_datetime(n.get("time")) for n in note_list
-                             if vs.matches_text(n["text"])]
-                    noted = max((t for t in times if t is not None), default=None)
-                    return self._dated(condition, code, vs, noted or onset,
-                                       label=f'{concept_label(code)}, note "{_clip(notes)}"')
-                return None
+                if vs.id not in self.ex.text_only:
+                    return None
+                found = [n for n in note_list if vs.matches_text(n["text"])]
+                if not found:
+                    return None
+                # Found in a note: name the note, not the condition it is attached to, and date it
+                # by the note (a new sign noted today on a problem from last year).
+                times = [parse_fhir_datetime(n.get("time")) for n in found]
+                noted = max((t for t in times if t is not None), default=None)
+                note_text = _clip(found[-1]["text"])
+                return self._dated(condition, code, vs, noted or onset,
+                                   label=f'{concept_label(code)}, note "{note_text}"')
 
             if active:
                 for fact, sets in self.ex.condition_facts.items():

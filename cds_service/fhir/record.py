@@ -151,7 +151,7 @@ def validate(
             return None
         if stats is not None:
             stats.unknown_elements += 1
-    except (ValueError, TypeError):
+    except Exception:  # fhir-core raises KeyError, among others, on some odd shapes: invalid
         return None
     return fixed
 

@@ -93,16 +93,16 @@ class RelevanceFilter:
         )
 
     def _notes_match(self, notes: Any) -> bool:
-        """Notes are read as one text, a line per note, joined as fact extraction joins them."""
+        """Each note is read on its own, as fact extraction reads them."""
         if not notes:
             return False
         if not isinstance(notes, list):
             return True
-        texts = []
         for note in notes:
             if isinstance(note, Mapping):
                 text = note.get("text", "")
                 if not isinstance(text, str):
                     return True
-                texts.append(text)
-        return self.index.matches_text("\n".join(texts))
+                if self.index.matches_text(text):
+                    return True
+        return False

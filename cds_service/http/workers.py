@@ -99,8 +99,25 @@ def bound_reads(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _read_timeout())
 
 
+class _ClientWentQuiet(logging.Filter):
+    """gunicorn logs a read that timed out (SO_RCVTIMEO above) as "Socket error processing
+    request." with a full traceback: a few stalled clients would flood the log. Such a record is
+    replaced by one JSON line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (TimeoutError, BlockingIOError)):
+            log_event(log, "client went quiet mid-request: connection closed", logging.INFO)
+            return False
+        return True
+
+
 class _JsonErrors:
     log: Any
+
+    def init_process(self) -> None:
+        logging.getLogger("gunicorn.error").addFilter(_ClientWentQuiet())
+        super().init_process()  # type: ignore[misc]
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         status, reason, code = classify(exc)

@@ -63,9 +63,20 @@ def _fits_template(template: str, value: Mapping[str, Any], context: Mapping[str
     a Patient with another id is another patient's record, never this one's."""
     resource_type = value.get("resourceType")
     if resource_type == "Bundle":
-        return isinstance(value.get("entry", []), list)
-    if "?" in template or "/" not in template:
-        return False
+        entries = value.get("entry", [])
+        if not isinstance(entries, list):
+            return False
+        types = {
+            rt if isinstance(rt := e["resource"].get("resourceType"), str) else "?"
+            for e in entries
+            if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
+        }
+        if types and types <= {"OperationOutcome"}:
+            return False  # only an error where the results belong: the EHR could not search
+        # A search returns its own type, maybe with _include'd others: a Bundle with none of
+        # it and something else (Observations under "conditions") answers another query.
+        wanted = template.split("?", 1)[0].split("/", 1)[0]
+        return not types or wanted in types or types <= {"OperationOutcome", "Patient"}
     try:
         expected_type, expected_id = expand(template, context).split("/", 1)
     except (UnresolvedToken, ValueError):

@@ -975,3 +975,16 @@ def test_orders_from_before_this_foot_drop_do_not_count_as_done(extractor) -> No
     assert not facts(extractor, foot_drop, old_discectomy).lumbar_decompression_done
     active_drug = order("MedicationRequest", "dalfampridine 10 mg ER", days=3 * 365)
     assert facts(extractor, foot_drop, active_drug).on_dalfampridine  # current by its status
+
+
+def test_a_red_flag_in_a_later_note_is_read_whatever_came_before(extractor) -> None:
+    """Notes are read one by one: a long note (or many short ones) before the one naming the
+    sign used to push it past the length read of a single text."""
+    disc = condition(ICD, "M51.16", "Lumbar disc herniation with radiculopathy", onset=10)
+    long_note = {"text": "Routine review, no change. " * 320}
+    many = [{"text": f"Visit {i}: pain controlled, walking with a stick, plan unchanged."}
+            for i in range(150)]
+    flag = {"text": "New saddle anaesthesia today", "time": ago(0)}
+    for before in ([long_note], many):
+        disc["note"] = [*before, flag]
+        assert facts(extractor, disc).red_flag_cauda_equina

@@ -124,6 +124,14 @@ BAD = {
     "empty overrideReason": {"feedback": [{**overridden(), "overrideReason": {}}]},
     "reason without code": {"feedback": [overridden(reason={"system": "x"})]},
     "card not a string": {"feedback": [{**accepted(), "card": 1}]},
+    # identifiers end where they end: stored with a newline they never match the issued card
+    "card with a trailing newline": {"feedback": [accepted(CARD + "\n")]},
+    "card with a trailing space": {"feedback": [accepted(CARD + " ")]},
+    "card with a NUL": {"feedback": [accepted(CARD + "\x00")]},
+    "card with a line separator": {"feedback": [accepted(CARD + "\u2028")]},
+    "suggestion id with a newline": {"feedback": [{**accepted(), "acceptedSuggestions": [
+        {"id": SUGGESTION + "\n"}]}]},
+    "reason code with a newline": {"feedback": [overridden(reason={"code": "declined\n"})]},
 }
 
 

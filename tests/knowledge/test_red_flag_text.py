@@ -320,3 +320,25 @@ def test_only_the_start_of_a_very_long_text_is_read(knowledge):
     filler = "Routine review. " * (MAX_SCANNED_TEXT // 16)
     assert saddle.matches_text("Saddle anaesthesia today. " + filler)
     assert not saddle.matches_text(filler + "Saddle anaesthesia today.")
+
+
+def test_no_text_makes_the_assertion_check_backtrack_for_ever(knowledge):
+    """A termination guard, not a performance target: these texts made the labelled-list branch
+    of the post-negation check backtrack exponentially (75 s for 49 characters, a killed worker
+    for a 67-character code text). Each must now finish at once."""
+    import random
+    import time
+
+    from cds_service.knowledge.valuesets import is_asserted
+
+    saddle = knowledge.valuesets["saddle-anaesthesia"]
+    rng = random.Random(7)
+    tokens = [" ", "  ", ",", " ,", "and", "or", " - ", ":", "no", "x", "/", "&", "retention"]
+    texts = ["saddle anaesthesia" + (" ," + " " * n) * 6 + "x" for n in range(2, 7)]
+    texts += ["saddle anaesthesia" + "".join(rng.choice(tokens) for _ in range(60))
+              for _ in range(300)]
+    started = time.monotonic()
+    for text in texts:
+        is_asserted(text, 0, len("saddle anaesthesia"))
+        saddle.matches_text(text)
+    assert time.monotonic() - started < 10, "catastrophic backtracking is back"

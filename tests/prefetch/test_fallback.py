@@ -128,6 +128,13 @@ MALFORMED = [
     {"resourceType": 5},
     {"resourceType": "Patient", "id": "p1"},  # a resource where a search result belongs
     {"resourceType": "Bundle", "type": "searchset", "entry": {"resource": {}}},
+    # another query's answer: Observations where the Conditions belong
+    {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+        "resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}}}]},
+    # only an error where the results belong
+    {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "fatal", "code": "exception"}]}}]},
 ]
 
 

@@ -242,6 +242,9 @@ def test_clients_that_stall_mid_request_do_not_hold_the_workers(tmp_path):
                 data += chunk
             assert not data or b"application/json" in data.lower()
         assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+        log = server.log()
+        assert "client went quiet" in log
+        assert "Traceback" not in log  # one line per closed connection, not a stack trace
     finally:
         for sock in stalled:
             sock.close()
