@@ -66,17 +66,23 @@ def _fits_template(template: str, value: Mapping[str, Any], context: Mapping[str
         entries = value.get("entry", [])
         if not isinstance(entries, list):
             return False
-        types = {
-            rt if isinstance(rt := e["resource"].get("resourceType"), str) else "?"
-            for e in entries
-            if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
-        }
-        if types and types <= {"OperationOutcome"}:
-            return False  # only an error where the results belong: the EHR could not search
-        # A search returns its own type, maybe with _include'd others: a Bundle with none of
-        # it and something else (Observations under "conditions") answers another query.
+        # A search returns its own type, maybe with _include'd others: a Bundle with none of it
+        # and something else (Observations under "conditions") answers another query, and one
+        # with only an OperationOutcome is an error where the results belong. The scan stops at
+        # the first resource of the wanted type, so a normal searchset costs one entry.
         wanted = template.split("?", 1)[0].split("/", 1)[0]
-        return not types or wanted in types or types <= {"OperationOutcome", "Patient"}
+        seen: set[str] = set()
+        for entry in entries:
+            resource = entry.get("resource") if isinstance(entry, Mapping) else None
+            if not isinstance(resource, Mapping):
+                continue
+            found = resource.get("resourceType")
+            if found == wanted:
+                return True
+            seen.add(found if isinstance(found, str) else "?")
+        return not seen or ("Patient" in seen and seen <= {"OperationOutcome", "Patient"})
+    if "?" in template or "/" not in template:
+        return False  # a search answered with something other than a Bundle
     try:
         expected_type, expected_id = expand(template, context).split("/", 1)
     except (UnresolvedToken, ValueError):
