@@ -32,9 +32,10 @@ ACTIVE_CLINICAL = frozenset({"active", "recurrence", "relapse"})
 # included.
 NEGATIVE_VALUE = re.compile(
     r"(?i)^\s*(?:(?:pt|patient)\s+)?(no|none|nil|absent|negative|not present|denies|denied|false"
-    r"|unknown|not known|not assessed|unable to assess|n)\b"
+    r"|unknown|not known|not assessed|not tested|not examined|not done|unable to assess|n)\b"
 )
 _NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+_YES_TEXT = re.compile(r"(?i)^\s*(?:yes|y|present|positive|pos)\b")
 # Coded answers of the same kinds, for a valueCodeableConcept sent without display or text.
 NEGATIVE_ANSWERS = frozenset({
     ("http://snomed.info/sct", "373067005"),  # No
@@ -52,6 +53,10 @@ _GRADE_TEXT = re.compile(
     r"^\s*(?:MRC\s*)?(?:grade\s*)?([0-5])\s*([+-]?)\s*(?:/\s*5)?\s*$", re.IGNORECASE
 )
 _GRADE_IN_TEXT = re.compile(r"(?<![\d.])([0-5])\s*([+-]?)\s*/\s*5(?![\d.])")
+_EARLIER_GRADE = re.compile(
+    r"(?i)\(\s*(?:was|previously|prev\.?|from|down from|up from|last)\b[^()]*\)"
+    r"|\b(?:was|previously|down from|up from)\s+[0-5]\s*[+-]?\s*/\s*5\b"
+)
 _UNRELIABLE_GRADE = re.compile(
     r"(?i)\b(pain\w*|limited|effort|give[- ]?way|not tested|unable|inconsistent)\b|\?"
 )
@@ -171,10 +176,23 @@ def condition_is_history(condition: Mapping[str, Any]) -> bool:
     return _status_code(condition.get("verificationStatus")) not in INACTIVE_VERIFICATION
 
 
+_YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b")
+
+
 def condition_onset(condition: Mapping[str, Any]) -> datetime | None:
+    """onsetDateTime, onsetPeriod.start, a date or a year in onsetString ("since 2016": 1 January,
+    the earliest it can mean), else recordedDate (when the problem was charted, often later)."""
+    onset_string = condition.get("onsetString")
+    from_string = None
+    if isinstance(onset_string, str):
+        from_string = parse_fhir_datetime(onset_string.strip())
+        year = _YEAR.search(onset_string) if from_string is None else None
+        if year:
+            from_string = datetime(int(year.group(1)), 1, 1, tzinfo=UTC)
     return (
         parse_fhir_datetime(condition.get("onsetDateTime"))
         or parse_fhir_datetime((condition.get("onsetPeriod") or {}).get("start"))
+        or from_string
         or parse_fhir_datetime(condition.get("recordedDate"))
     )
 
@@ -391,9 +409,12 @@ class _Extraction:
     def _exam_finding(self, obs: Mapping[str, Any]) -> bool:
         """A finding charted present: a boolean true, a coded answer or no value at all, and no
         number or free text (a "Foot drop screen" row holding 5/5 is a grade, not the finding)."""
-        if any(key in obs for key in ("valueQuantity", "valueInteger", "valueString",
-                                      "valueRange", "valueRatio")):
+        if any(key in obs for key in ("valueQuantity", "valueInteger", "valueRange",
+                                      "valueRatio")):
             return False
+        text = obs.get("valueString")
+        if text is not None and not (isinstance(text, str) and _YES_TEXT.match(text)):
+            return False  # free text other than a plain yes ("Yes - left") is not an answer
         return obs.get("valueBoolean") is not False and self._grade(obs) is None
 
     def _observation_positive(self, obs: Mapping[str, Any]) -> bool:
@@ -508,9 +529,11 @@ class _Extraction:
                 # A grade out of 5 inside words ("Good (4/5)", "4/5 good"): only when the text
                 # holds exactly one, so "4/5 -> 2/5" is not read as either.
                 # Not when the text says the test was unreliable ("3/5 with pain").
-                found = {m.groups() for m in _GRADE_IN_TEXT.finditer(text)}
-                reliable = not _UNRELIABLE_GRADE.search(text)
-                match = _GRADE_IN_TEXT.search(text) if len(found) == 1 and reliable else None
+                # An earlier grade quoted as history ("2/5 (was 4/5 on Monday)") is not this one.
+                current = _EARLIER_GRADE.sub(" ", text)
+                found = {m.groups() for m in _GRADE_IN_TEXT.finditer(current)}
+                reliable = not _UNRELIABLE_GRADE.search(current)
+                match = _GRADE_IN_TEXT.search(current) if len(found) == 1 and reliable else None
             if match:
                 base, modifier = match.group(1), match.group(2)
                 value = min(5.0, max(0.0, float(base) + _MODIFIER[modifier]))
@@ -998,6 +1021,12 @@ class _Extraction:
             v[fact] = bool(hits)
             if hits:
                 f[fact] = hits
+        # History, whatever the episode: a discectomy years ago makes a new herniation a
+        # recurrence (the fusion rule's exception).
+        prior = [r for r in self.of_category("lumbar-decompression") if r.performed]
+        v["prior_lumbar_decompression"] = bool(prior)
+        if prior:
+            f["prior_lumbar_decompression"] = prior
         dalfampridine = [
             r for r in self.of_category("dalfampridine") if r.resource_type == "MedicationRequest"
         ]

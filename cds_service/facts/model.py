@@ -181,6 +181,7 @@ class PatientFacts:
     fes_done: bool = False
     pt_referral_done: bool = False
     lumbar_decompression_done: bool = False
+    prior_lumbar_decompression: bool = False  # at any time, not only this episode
     lumbar_decompression_ordered: bool = False
     spine_surgery_referral_done: bool = False
     spine_surgery_referral_since_red_flag: bool = False

@@ -988,3 +988,33 @@ def test_a_red_flag_in_a_later_note_is_read_whatever_came_before(extractor) -> N
     for before in ([long_note], many):
         disc["note"] = [*before, flag]
         assert facts(extractor, disc).red_flag_cauda_equina
+
+
+# ------------------------------------------------------------ red-team round 3 (shapes, dates)
+@pytest.mark.parametrize(("value", "counts"), [
+    ({"valueString": "Yes - left"}, True),
+    ({"valueString": "Pillows/boots applied"}, False),
+    ({"valueCodeableConcept": {"text": "Not tested"}}, False),
+])
+def test_exam_flowsheet_answers(extractor, value, counts) -> None:
+    exam = obs("Foot drop", 1, "left", **value)
+    exam["code"] = {"coding": [{"system": SCT, "code": "6077001", "display": "Foot drop"}]}
+    assert facts(extractor, exam).has_foot_drop is counts
+
+
+def test_a_grade_quoting_an_earlier_one_is_read_as_the_current_grade(extractor) -> None:
+    f = facts(extractor, condition(*L5), df(4, 5), df("2/5 (was 4/5 on Monday)", 1))
+    assert [g.grade for g in f.dorsiflexion_grades] == [4.0, 2.0]
+    assert f.red_flag_progressive_weakness
+
+
+def test_an_onset_given_as_text_dates_the_problem(extractor) -> None:
+    old = condition(*FD_LEFT, onset=None, recorded=0, onsetString="since 2016")
+    f = facts(extractor, old)
+    assert f.foot_drop_onset == date(2016, 1, 1)
+
+
+def test_a_discectomy_from_an_earlier_episode_is_history_not_this_episode(extractor) -> None:
+    discectomy = order("Procedure", "Lumbar microdiscectomy", status="completed", days=3 * 365)
+    f = facts(extractor, condition(*FD_LEFT, onset=14), discectomy)
+    assert f.prior_lumbar_decompression and not f.lumbar_decompression_done

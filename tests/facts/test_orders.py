@@ -323,9 +323,9 @@ def test_rules_acting_on_the_order_stay_per_order(knowledge) -> None:
     [
         ({"has_lumbar_radiculopathy": True}, True),
         ({"has_lumbar_radiculopathy": True, "has_spondylolisthesis": True}, False),
-        ({"has_lumbar_radiculopathy": True, "lumbar_decompression_done": True}, True),
+        ({"has_lumbar_radiculopathy": True, "prior_lumbar_decompression": True}, True),
         ({"has_lumbar_radiculopathy": True, "chronic_axial_low_back_pain": True}, True),
-        ({"has_lumbar_radiculopathy": True, "lumbar_decompression_done": True,
+        ({"has_lumbar_radiculopathy": True, "prior_lumbar_decompression": True,
           "chronic_axial_low_back_pain": True}, False),
         ({}, False),
     ],
@@ -404,3 +404,14 @@ def test_mri_priority(knowledge, priority, facts, fires) -> None:
     orders = selected_orders(bundle(mri), ["ServiceRequest/m1"], PID, knowledge)
     matches = evaluate(knowledge, "order-select", _facts(**facts), orders)
     assert [m.recommendation.id for m in matches] == (["mri-priority-stat"] if fires else [])
+
+
+def test_a_referral_to_evaluate_a_fusion_is_not_a_fusion_order(knowledge) -> None:
+    facts = _facts(has_lumbar_disc_herniation=True)
+    referral = one(knowledge, sr("r1", {"text": "Referral to Neurosurgery - evaluation for "
+                                                "L4-L5 fusion"}))
+    fusion = one(knowledge, sr("f1", {"text": "FUSION SPINE LUMBAR POSTERIOR L4-5"}))
+    assert referral.is_lumbar_fusion and referral.is_referral
+    assert not evaluate(knowledge, "order-select", facts, [referral])
+    assert [m.recommendation.id for m in evaluate(knowledge, "order-select", facts, [fusion])] == [
+        "avoid-routine-fusion"]

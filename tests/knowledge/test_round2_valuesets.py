@@ -284,3 +284,35 @@ def test_chemodenervation_for_migraine_code_is_not_in_the_set(knowledge):
     assert not botulinum.matches_coding(CPT, "64615")
     for code in ("64642", "64643", "64644", "64645"):
         assert botulinum.matches_coding(CPT, code)
+
+
+# ------------------------------------------------------------------- red-team round 3 (texts)
+@pytest.mark.parametrize(("text", "is_foot_drop"), [
+    ("Bilateral foot drop", True),
+    ("Acute left foot drop due to L5 radiculopathy", True),
+    ("Right foot drop (peroneal palsy)", True),
+    ("Foot-drop, left", True),
+    ("Family history of bilateral foot drop (mother, CMT)", False),
+    ("Foot drop risk", False),
+    ("Potential for foot drop related to immobility", False),
+    ("Foot drop precautions", False),
+    ("Foot drop prevention (bed rest, ICU)", False),
+    ("Gait abnormality - evaluate for foot drop", False),
+    ("Left foot drop, resolved 2019", False),
+    ("Right foot drop - resolved after L5 discectomy (2021)", False),
+    ("Left foot drop (resolved)", False),
+])
+def test_only_a_foot_drop_statement_is_foot_drop(text, is_foot_drop):
+    knowledge = load_knowledge(DEFAULT_CARDS_DIR)
+    assert knowledge.valuesets["foot-drop"].matches_text(text) is is_foot_drop
+
+
+@pytest.mark.parametrize(("text", "is_fusion"), [
+    ("FUSION SPINE LUMBAR POSTERIOR L4-5", True),
+    ("L4-5 DECOMPRESSION AND POSTERIOR FUSION", True),
+    ("Cervical fusion C5-6", False),
+    ("Lumbar microdiscectomy L4-5", False),
+])
+def test_fusion_order_names_as_ehr_catalogues_write_them(text, is_fusion):
+    knowledge = load_knowledge(DEFAULT_CARDS_DIR)
+    assert knowledge.valuesets["lumbar-fusion"].matches_text(text) is is_fusion
