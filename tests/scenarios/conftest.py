@@ -13,7 +13,8 @@ import pytest
 
 from cds_service import create_app
 from cds_service.clock import fixed_clock
-from tests.conftest import NOW, assert_valid_cds_response
+from cds_service.fixtures import load_fixture
+from tests.conftest import NOW, assert_cards_match_fixture, assert_valid_cds_response
 
 
 def scenario_client(now: datetime = NOW) -> Any:
@@ -39,6 +40,24 @@ def cards_by_id(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     cards = {c["source"]["topic"]["code"]: c for c in body["cards"]}
     assert len(cards) == len(body["cards"]), "one card per recommendation id"
     return cards
+
+
+def run_fixture(path: Path, hook: str, service_id: str,
+                call_service: Callable[[str, Any], Any]) -> tuple[Any, dict[str, Any]]:
+    """Load a fixture (dates relative to NOW), call its service, require a 200 and the cards the
+    fixture expects; the fixture and the response body for further checks."""
+    fx = load_fixture(path, NOW)
+    assert fx.hook == hook
+    response = call_service(service_id, fx.request)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert_cards_match_fixture(fx, body["cards"])
+    return fx, body
+
+
+def card_ids_of(response: Any) -> set[str]:
+    assert response.status_code == 200
+    return set(cards_by_id(response.get_json()))
 
 
 def raw(path: Path) -> dict[str, Any]:

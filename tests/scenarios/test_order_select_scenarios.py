@@ -14,8 +14,8 @@ import yaml
 
 from cds_service.fhir.record import model_class
 from cds_service.fixtures import FIXTURES_DIR, Fixture, fixture_paths, load_fixture
-from tests.conftest import NOW, assert_cards_match_fixture
-from tests.scenarios.conftest import cards_by_id, raw
+from tests.conftest import NOW
+from tests.scenarios.conftest import card_ids_of, cards_by_id, raw, run_fixture
 
 SERVICE = "foot-drop-order-select"
 ORDER_SELECT_DIR = FIXTURES_DIR / "order-select"
@@ -40,12 +40,8 @@ def test_there_are_order_select_fixtures() -> None:
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_scenario(path: Path, call_service) -> None:
-    fx = load_fixture(path, NOW)
-    assert fx.hook == "order-select"
-    response = call_service(SERVICE, fx.request)
-    assert response.status_code == 200, response.get_json()
-    cards = cards_by_id(response.get_json())
-    assert_cards_match_fixture(fx, list(cards.values()))
+    fx, body = run_fixture(path, "order-select", SERVICE, call_service)
+    cards = cards_by_id(body)
 
     selections = set(fx.request["context"]["selections"])
 
@@ -260,12 +256,7 @@ def test_the_referral_patient_view_suggests_is_not_taken_for_the_operation(call_
     fx = fixture("tendon-transfer-after-three-months")
     request = copy.deepcopy(fx.request)
     order = request["context"]["draftOrders"]["entry"][0]["resource"]
-    assert "premature-tendon-transfer" in b_card_ids(call_service(SERVICE, request))
+    assert "premature-tendon-transfer" in card_ids_of(call_service(SERVICE, request))
     order["code"] = {"text": "Referral to orthopaedic foot and ankle surgery - evaluation for "
                              "tendon transfer (persistent foot drop)"}
-    assert "premature-tendon-transfer" not in b_card_ids(call_service(SERVICE, request))
-
-
-def b_card_ids(response) -> set[str]:
-    assert response.status_code == 200
-    return set(cards_by_id(response.get_json()))
+    assert "premature-tendon-transfer" not in card_ids_of(call_service(SERVICE, request))

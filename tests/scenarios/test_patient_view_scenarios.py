@@ -20,8 +20,8 @@ import yaml
 
 from cds_service.fhir.record import iter_resources, model_class
 from cds_service.fixtures import FIXTURES_DIR, fixture_paths, load_fixture, materialize
-from tests.conftest import NOW, assert_cards_match_fixture
-from tests.scenarios.conftest import cards_by_id, raw, scenario_client
+from tests.conftest import NOW
+from tests.scenarios.conftest import cards_by_id, raw, run_fixture, scenario_client
 
 SERVICE = "foot-drop-patient-view"
 PATIENT_VIEW_DIR = FIXTURES_DIR / "patient-view"
@@ -43,13 +43,8 @@ def _resources(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # ------------------------------------------------------------------------------- the scenarios
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_scenario(path: Path, call_service) -> None:
-    fx = load_fixture(path, NOW)
-    assert fx.hook == "patient-view"
-    response = call_service(SERVICE, fx.request)
-    assert response.status_code == 200, response.get_json()
-    body = response.get_json()
+    fx, body = run_fixture(path, "patient-view", SERVICE, call_service)
     cards = cards_by_id(body)
-    assert_cards_match_fixture(fx, body["cards"])
 
     for expected in fx.expected:
         card = cards[expected["id"]]
