@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from enum import StrEnum
@@ -259,35 +259,23 @@ class SelectedOrder:
         return f"{', '.join(parts)} ({self.reference})"
 
 
-ORDER_CATEGORIES = (
-    "lumbar-fusion",
-    "lumbar-mri",
-    "dalfampridine",
-    "tendon-transfer",
-    "ankle-arthrodesis",
-    "afo",
-    "fes",
-    "physical-therapy",
-    "ncs-emg",
-    "lumbar-decompression",
-    "botulinum-toxin",
-    "spine-surgery-referral",
-    "referral",  # any referral or consult: "refer to evaluate X" is not an order for X
-)
-
 PATIENT_FACT_NAMES: frozenset[str] = frozenset(
     f.name for f in fields(PatientFacts) if f.name not in {"findings", "done", "labs", "now"}
 )
-ORDER_FACT_NAMES: frozenset[str] = frozenset(
-    {
-        f"order.{n}"
-        for n in ("label", "status", "priority", "dose_mg", "doses_per_day", "daily_dose_mg",
-                  "resource_type")
-    }
-    | {f"order.{prefix}{c.replace('-', '_')}"
-       for c in ORDER_CATEGORIES
-       for prefix in ("is_", "draft_has_", "draft_has_urgent_")}
-)
+_ORDER_FIELDS = ("label", "status", "priority", "dose_mg", "doses_per_day", "daily_dose_mg",
+                 "resource_type")
+
+
+def order_fact_names(categories: Iterable[str]) -> frozenset[str]:
+    """What per-order rules can read: the order's own fields, and for each category a selected
+    order is classified in (``selected_order_categories`` in cards/facts.yaml) is_<c>,
+    draft_has_<c> and draft_has_urgent_<c>."""
+    return frozenset(
+        {f"order.{n}" for n in _ORDER_FIELDS}
+        | {f"order.{prefix}{c.replace('-', '_')}"
+           for c in categories
+           for prefix in ("is_", "draft_has_", "draft_has_urgent_")}
+    )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_service.facts.extract import coded_label
-from cds_service.facts.model import ORDER_CATEGORIES, SelectedOrder
+from cds_service.facts.model import SelectedOrder
 from cds_service.fhir.record import normalise_quirks, refers_to_patient, validate
 from cds_service.knowledge.loader import Knowledge
 from cds_service.knowledge.valuesets import CompiledValueSet
@@ -351,7 +351,8 @@ def selected_orders(
     patient_id: str,
     knowledge: Knowledge,
 ) -> list[SelectedOrder]:
-    category_sets = [knowledge.valueset(c) for c in ORDER_CATEGORIES]
+    category_sets = [knowledge.valueset(c)
+                     for c in knowledge.thresholds["selected_order_categories"]]
     urgent = frozenset(knowledge.thresholds.get("urgent_priorities") or ())
     entries = list(draft_entries(draft_orders))
     by_reference: dict[str, DraftEntry] = {}

@@ -17,7 +17,7 @@ import yaml
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from cds_service.facts.model import ORDER_FACT_NAMES, PATIENT_FACT_NAMES
+from cds_service.facts.model import PATIENT_FACT_NAMES, order_fact_names
 from cds_service.knowledge.valuesets import CompiledValueSet, ValueSetError, compile_valueset
 from cds_service.rules.conditions import CompiledCondition, ConditionError, compile_condition
 
@@ -147,6 +147,11 @@ def load_knowledge(root: Path) -> Knowledge:
     config = _read_yaml(root / "config.yaml") if (root / "config.yaml").exists() else {}
     services = _load_services(root / "services.yaml")
     schema = json.loads((root / "schema" / "recommendation.schema.json").read_text())
+    order_categories = thresholds.get("selected_order_categories") or []
+    unknown = [c for c in order_categories if c not in valuesets]
+    if unknown:
+        raise KnowledgeError(f"facts.yaml selected_order_categories: unknown value sets {unknown}")
+    order_facts = order_fact_names(order_categories)
     recommendations = []
     seen: set[tuple[str, str]] = set()
     for path in sorted((root / "recommendations").rglob("*.yaml")):
@@ -161,7 +166,7 @@ def load_knowledge(root: Path) -> Knowledge:
         if (data["hook"], data["id"]) in seen:
             raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
         seen.add((data["hook"], data["id"]))
-        recommendations.append(_compile_recommendation(data, path))
+        recommendations.append(_compile_recommendation(data, path, order_facts))
     defaults = tuple(config.get("default_override_reasons", ()))
     return Knowledge(
         root=root,
@@ -215,12 +220,14 @@ def _load_services(path: Path) -> dict[str, ServiceSpec]:
     return services
 
 
-def _compile_recommendation(data: Mapping[str, Any], path: Path) -> Recommendation:
+def _compile_recommendation(
+    data: Mapping[str, Any], path: Path, order_facts: frozenset[str]
+) -> Recommendation:
     where = path.name
     per_order = data.get("for_each") == "selected-order"
     if per_order and data["hook"] != "order-select":
         raise KnowledgeError(f"{where}: for_each selected-order needs hook order-select")
-    known = PATIENT_FACT_NAMES | (ORDER_FACT_NAMES if per_order else frozenset())
+    known = PATIENT_FACT_NAMES | (order_facts if per_order else frozenset())
     try:
         when = compile_condition(data["when"], known, where)
         escalations = tuple(

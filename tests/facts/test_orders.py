@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cds_service.config import PROJECT_ROOT
-from cds_service.facts.model import ORDER_FACT_NAMES, PatientFacts, SelectedOrder
+from cds_service.facts.model import PatientFacts, SelectedOrder, order_fact_names
 from cds_service.facts.orders import (
     dosage_per_day,
     dosing,
@@ -280,10 +280,11 @@ def test_arbitrary_json_never_raises(payload, order_type) -> None:
 
 
 # -- fact names and folding ---------------------------------------------------------------------
-def test_order_fact_names() -> None:
+def test_order_fact_names(knowledge) -> None:
+    names = order_fact_names(knowledge.thresholds["selected_order_categories"])
     for name in ("order.daily_dose_mg", "order.is_spine_surgery_referral",
                  "order.draft_has_lumbar_mri", "order.draft_has_urgent_lumbar_mri"):
-        assert name in ORDER_FACT_NAMES
+        assert name in names
     order = SelectedOrder("ServiceRequest/x", "ServiceRequest", "x", "x", "draft", frozenset())
     with pytest.raises(AttributeError):
         order.no_such_fact  # noqa: B018
