@@ -378,13 +378,12 @@ class _Extraction:
                         label=f"{concept_label(code)}: {coded_label(value_concept, vs)}",
                     ))
                     break
-            exam_finding = self._exam_finding(obs)
             for fact, sets in self.ex.condition_facts.items():
                 for vs in sets:
                     if (vs.id in self.ex.text_only and (
                         vs.matches_concept(code) or vs.matches_text(value_text)
-                    )) or (exam_finding and vs.id in self.ex.observation_findings
-                           and vs.matches_concept(code)):
+                    )) or (vs.id in self.ex.observation_findings and vs.matches_concept(code)
+                           and self._exam_finding(obs)):
                         matches.setdefault(fact, []).append(
                             self._dated(obs, code, vs, moment, label=label)
                         )
@@ -407,15 +406,16 @@ class _Extraction:
         return _Dated(finding, moment, side, vs.id)
 
     def _exam_finding(self, obs: Mapping[str, Any]) -> bool:
-        """A finding charted present: a boolean true, a coded answer or no value at all, and no
-        number or free text (a "Foot drop screen" row holding 5/5 is a grade, not the finding)."""
+        """For an Observation already found positive (``_observation_positive``): a finding
+        charted present - a boolean true, a coded answer, a plain yes or no value at all - and
+        no number (a "Foot drop screen" row holding 5/5 is a grade, not the finding)."""
         if any(key in obs for key in ("valueQuantity", "valueInteger", "valueRange",
                                       "valueRatio")):
             return False
         text = obs.get("valueString")
         if text is not None and not (isinstance(text, str) and _YES_TEXT.match(text)):
             return False  # free text other than a plain yes ("Yes - left") is not an answer
-        return obs.get("valueBoolean") is not False and self._grade(obs) is None
+        return self._grade(obs) is None
 
     def _observation_positive(self, obs: Mapping[str, Any]) -> bool:
         if obs.get("status") not in self.t["observation_statuses"]:
@@ -966,18 +966,17 @@ class _Extraction:
         v["lumbar_mri_performed"] = bool(performed)
         if performed:
             f["lumbar_mri_performed"] = performed
+        urgent = set(t["urgent_priorities"])
         open_statuses = set(t["order_statuses_ordered"]) - set(t["order_statuses_performed"])
         pending = [
             r for r in mri
-            if not r.performed and r.status in open_statuses
-            and r.priority in set(t["urgent_priorities"])
+            if not r.performed and r.status in open_statuses and r.priority in urgent
             and not any(p.when and r.when and p.when >= r.when for p in performed)
         ]
         v["lumbar_mri_urgent_pending"] = bool(pending)
         if pending:
             f["lumbar_mri_urgent_pending"] = pending
         since = v.get("red_flag_since")
-        urgent = set(t["urgent_priorities"])
         if since is not None:
             # Answered only by an MRI done, or ordered urgent/stat, on or after the latest red flag.
             answering = [
