@@ -158,8 +158,6 @@ def _parse_rfc3339(value: str) -> datetime | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         return None
-    if moment.tzinfo is None:  # unreachable after the pattern check; kept as a guard
-        return None
     try:
         return moment.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
