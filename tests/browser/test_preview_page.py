@@ -35,8 +35,7 @@ def test_page_lists_every_fixture(client):
 
 def test_fixture_request_is_materialised(client):
     paths = fixture_paths()
-    if not paths:
-        pytest.skip("no fixtures yet")
+    assert paths, "fixtures to preview"
     name = f"{paths[0].parent.name}/{paths[0].stem}"
     body = client.get(f"/preview/fixtures/{name}").get_json()
     assert body["service"].startswith("foot-drop-")

@@ -64,7 +64,6 @@ def test_evaluate_json_matches_the_service(path, capsys, call_service):
             for c in offline] == strip
 
 
-@pytest.mark.skipif(not FIXTURES, reason="no fixtures yet")
 def test_evaluate_prints_cards_readably(capsys):
     path = FIXTURES[0]
     code, out, err = run(capsys, "evaluate", str(path), "--now", NOW_ARG)

@@ -69,8 +69,7 @@ def fhir_stub() -> Iterator[str]:
 
 def test_requests_and_cards_are_counted(client):
     paths = [p for p in fixture_paths() if load_fixture(p, NOW).expected]
-    if not paths:
-        pytest.skip("no fixture with cards yet")
+    assert paths, "a fixture with cards"
     fixture = load_fixture(paths[0], NOW)
     response = client.post(f"/cds-services/{fixture.service_id}", json=fixture.request)
     assert response.status_code == 200

@@ -52,6 +52,8 @@ def run_fixture(path: Path, hook: str, service_id: str,
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert_cards_match_fixture(fx, body["cards"])
+    for card in body["cards"]:  # every card names its source, with a link to the evidence
+        assert card["source"]["label"] and card["source"]["url"].startswith("https://"), card
     return fx, body
 
 
