@@ -119,7 +119,8 @@ class Pipeline:
         lap("rules")
         rendered = render_cards(
             matches, self.knowledge,
-            RenderContext(request.patient_id, request.user_id, request.encounter_id, now),
+            RenderContext(request.patient_id, request.user_id, request.encounter_id, now,
+                          public_base_url=self.settings.public_base_url),
         )
         body_out: dict[str, Any] = {"cards": [r.card for r in rendered]}
         lap("render")
