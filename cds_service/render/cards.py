@@ -25,7 +25,7 @@ from cds_service.knowledge.loader import (
     Recommendation,
 )
 from cds_service.logs import log_event
-from cds_service.render.text import clinical_text
+from cds_service.render.text import CodeDisplays, clinical_text
 from cds_service.rules.evaluate import RuleMatch
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,13 @@ def _template_vars(match: RuleMatch, ctx: RenderContext) -> dict[str, Any]:
 def _render(match: RuleMatch, knowledge: Knowledge, ctx: RenderContext) -> RenderedCard:
     rec = match.recommendation
     variables = _template_vars(match, ctx)
-    summary = clinical_text(" ".join(rec.summary.render(variables).split()))
+    words = _code_displays(knowledge)
+    summary = words.humanize(clinical_text(" ".join(rec.summary.render(variables).split())))
     if len(summary) > SUMMARY_LIMIT:
         summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"
     # The evidence is behind the card's links, not in the detail: a link inside the markdown
     # navigates the EHR's frame away and the session is lost.
-    detail = clinical_text(rec.detail.render(variables).strip())
+    detail = words.humanize(clinical_text(rec.detail.render(variables).strip()))
 
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
@@ -142,6 +143,21 @@ def evidence_links(rec: Recommendation, ctx: RenderContext) -> list[dict[str, An
          "type": "absolute"},
         {"label": rec.source.label, "url": rec.source.url, "type": "absolute"},
     ]
+
+
+_DISPLAYS: dict[str, CodeDisplays] = {}
+
+
+def _code_displays(knowledge: Knowledge) -> CodeDisplays:
+    """Built once per knowledge version (the value sets do not change while it is loaded)."""
+    found = _DISPLAYS.get(knowledge.version)
+    if found is None:
+        names: dict[str, set[str]] = {}
+        for valueset in knowledge.valuesets.values():
+            for (_system, code), display in valueset.displays.items():
+                names.setdefault(code, set()).add(display)
+        found = _DISPLAYS[knowledge.version] = CodeDisplays(names)
+    return found
 
 
 def _at_most_one_recommended(suggestions: list[dict[str, Any]]) -> None:

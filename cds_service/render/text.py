@@ -62,9 +62,37 @@ def is_resource_type(name: str) -> bool:
 def clinical_text(text: str) -> str:
     """``text`` without "(SNOMED CT 123)"-style code parts and without FHIR references."""
     text = _CODE_IN_PARENS.sub("", text)
-    return _REFERENCE_IN_PARENS.sub(_drop_if_reference, text)
+    return readable_units(_REFERENCE_IN_PARENS.sub(_drop_if_reference, text))
 
 
 def _drop_if_reference(match: re.Match[str]) -> str:
     inner = match.group(0).strip()[1:-1]
     return "" if is_fhir_reference(inner) else match.group(0)
+
+
+# UCUM annotations in units ("mL/min/{1.73_m2}") read as "mL/min/1.73 m2".
+_UCUM_ANNOTATION = re.compile(r"\{([^{}\s]{1,32})\}")
+
+
+def readable_units(text: str) -> str:
+    return _UCUM_ANNOTATION.sub(lambda m: m.group(1).replace("_", " "), text)
+
+
+class CodeDisplays:
+    """Names for bare codes: an order or a result charted with a code and no text ("30679-5",
+    "L1930") is shown by the display the value sets give that code. Only codes with one display
+    across all value sets, and at least five characters (so a dose or a year is never taken for
+    a code)."""
+
+    def __init__(self, displays: dict[str, set[str]]) -> None:
+        self.by_code = {code: next(iter(names)) for code, names in displays.items()
+                        if len(names) == 1 and len(code) >= 5}
+        codes = sorted(self.by_code, key=len, reverse=True)
+        self.pattern = re.compile(
+            r"(?<![\w.\-/])(" + "|".join(re.escape(c) for c in codes) + r")(?![\w\-/]|\.\w)"
+        ) if codes else None
+
+    def humanize(self, text: str) -> str:
+        if self.pattern is None:
+            return text
+        return self.pattern.sub(lambda m: self.by_code[m.group(1)], text)
