@@ -25,11 +25,9 @@ _CODE_IN_PARENS = re.compile(
 # FHIR resource types start upper case and are CamelCase words ("MedicationRequest"); a
 # reference is Type/id, relative or at the end of an absolute URL.
 _RESOURCE_TYPE = r"[A-Z][a-z]+(?:[A-Z][a-z]+)*"
-_REFERENCE = re.compile(
-    r"(?:https?://\S*?/)?\b" + _RESOURCE_TYPE + r"/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]+)?"
-)
-_REFERENCE_IN_PARENS = re.compile(r"\s*\((?:https?://\S*?/)?" + _RESOURCE_TYPE +
-                                  r"/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]+)?\)")
+_TYPE_AND_ID = _RESOURCE_TYPE + r"/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]+)?"
+_REFERENCE = re.compile(r"(?:https?://\S*?/)?\b" + _TYPE_AND_ID)
+_REFERENCE_IN_PARENS = re.compile(r"\s*\((?:https?://\S*?/)?" + _TYPE_AND_ID + r"\)")
 
 
 def is_fhir_reference(token: str) -> bool:
@@ -55,8 +53,7 @@ def is_resource_type(name: str) -> bool:
         model = fhir_r4b.get_fhir_model_class(name)
     except (KeyError, ValueError, AttributeError, ImportError):
         return False
-    fields = getattr(model, "model_fields", None) or getattr(model, "__fields__", {})
-    return "resource_type" in fields or "id" in fields and "meta" in fields
+    return any(base.__name__ == "Resource" for base in model.__mro__)
 
 
 def clinical_text(text: str) -> str:
