@@ -82,3 +82,13 @@ def test_one_label_per_url_across_every_card(app_client) -> None:
                 labels.setdefault(item["url"], set()).add(item["label"])
     assert labels
     assert {url: names for url, names in labels.items() if len(names) > 1} == {}
+
+
+def test_fes_is_not_discussed_when_no_cause_is_on_record(app_client) -> None:
+    """Nothing that does not apply: with no cause recorded, the orthosis card says nothing about
+    FES (it is for central causes and not for peripheral ones, and neither is known here)."""
+    path = FIXTURES_DIR / "patient-view" / "fires-orthosis-left-foot-drop-no-afo.json"
+    cards = {c["source"]["topic"]["code"]: c for c in _cards(path, app_client)}
+    assert "No cause is on record" in cards["localize-lesion"]["detail"]
+    assert "FES is" not in cards["orthosis-and-rehabilitation"]["detail"]
+    assert "alternative to an AFO" not in cards["orthosis-and-rehabilitation"]["detail"]
