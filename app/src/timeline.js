@@ -32,7 +32,8 @@ async function getJson(url, options) {
   let body;
   try { body = await response.json(); } catch { body = undefined; }
   if (!response.ok) {
-    const why = body && body.message ? body.message : `HTTP ${response.status}`;
+    const issue = body && Array.isArray(body.issue) ? body.issue[0] : undefined;
+    const why = issue && issue.diagnostics ? issue.diagnostics : `HTTP ${response.status}`;
     throw new Error(why);
   }
   return body;
