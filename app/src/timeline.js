@@ -202,6 +202,7 @@ function drawCards(cards) {
     indicator.className = 'indicator';
     indicator.textContent = card.indicator;
     const summary = document.createElement('strong');
+    summary.className = 'card-summary';
     summary.textContent = card.summary;
     head.append(indicator, summary);
     const details = document.createElement('details');
