@@ -109,7 +109,9 @@ function drawChart(timeline) {
       .attr('y1', margin.top - 6).attr('y2', axisY)
       .attr('stroke', v.colour).attr('stroke-width', v.kind === 'red-flag' ? 2 : 1)
       .attr('stroke-dasharray', v.dash || null);
-    g.append('text').attr('x', x(parseDay(v.date)) + 3).attr('y', 12 + (i % 3) * 12)
+    const nearRightEdge = x(parseDay(v.date)) > width - 260;
+    g.append('text').attr('x', x(parseDay(v.date)) + (nearRightEdge ? -3 : 3)).attr('y', 12 + (i % 3) * 12)
+      .attr('text-anchor', nearRightEdge ? 'end' : 'start')
       .attr('fill', v.colour).text(`${v.label} (${v.date})`);
     g.append('title').text(`${v.label}: ${v.date}`);
   });
@@ -146,13 +148,23 @@ function drawChart(timeline) {
     g.append('line').attr('x1', margin.left).attr('x2', width - margin.right)
       .attr('y1', top + laneHeight / 2).attr('y2', top + laneHeight / 2).attr('stroke', '#ddd');
     g.append('text').attr('x', 10).attr('y', top + laneHeight / 2 + 4).text(lane.label);
+    // Events of one day share a marker and a label (they would overprint each other).
+    const byDay = new Map();
     for (const event of lane.events) {
       if (!event.date) continue;
-      const e = g.append('g').attr('transform', `translate(${x(parseDay(event.date))},${top + laneHeight / 2})`);
-      e.append('path').attr('d', symbol(event.status === 'done' ? symbolSquare : symbolDiamond, 60)())
-        .attr('fill', event.status === 'done' ? lane.colour : '#fff').attr('stroke', lane.colour).attr('stroke-width', 1.5);
-      e.append('text').attr('x', 8).attr('y', 4).text(event.label);
-      e.append('title').text(`${event.description}`);
+      if (!byDay.has(event.date)) byDay.set(event.date, []);
+      byDay.get(event.date).push(event);
+    }
+    for (const [day, events] of byDay) {
+      const done = events.every((event) => event.status === 'done');
+      const e = g.append('g').attr('class', 'event').attr('transform', `translate(${x(parseDay(day))},${top + laneHeight / 2})`);
+      e.append('path').attr('d', symbol(done ? symbolSquare : symbolDiamond, 60)())
+        .attr('fill', done ? lane.colour : '#fff').attr('stroke', lane.colour).attr('stroke-width', 1.5);
+      const nearRightEdge = x(parseDay(day)) > width - 300;
+      e.append('text').attr('x', nearRightEdge ? -8 : 8).attr('y', 4)
+        .attr('text-anchor', nearRightEdge ? 'end' : 'start')
+        .text(events.map((event) => event.label).join('; '));
+      e.append('title').text(events.map((event) => event.description).join('\n'));
     }
   });
 

@@ -16,7 +16,6 @@ import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -208,13 +207,3 @@ def test_launch_page_without_a_server_explains_how_to_open_it(page, app_server):
     page.goto(f"{app_server}/app/launch.html")
     page.wait_for_selector("#status.problem")
     assert "opened by the EHR" in page.inner_text("#status")
-
-
-def test_docs_screenshot_is_current_size(page, app_server, fhir, tmp_path: Path):
-    """Makes the README's screenshot from the real app (kept out of git's way in tmp)."""
-    page.goto(f"{app_server}/app/launch.html?fhirServiceUrl={quote(fhir.base, safe='')}"
-              f"&patientId={PATIENT}")
-    page.wait_for_selector(READY)
-    target = tmp_path / "timeline-app.png"
-    page.screenshot(path=str(target), full_page=True)
-    assert target.stat().st_size > 10_000
