@@ -92,7 +92,8 @@ def auth_server(app_server: str, fhir: FhirServer) -> Iterator[dict[str, Any]]:
         try:
             ready = json.loads(lines.get(timeout=30))
         except (queue.Empty, ValueError):
-            pytest.fail("the OAuth 2.0 test server (auth_server.mjs) did not start; run `make test`")
+            pytest.fail("the OAuth 2.0 test server (auth_server.mjs) did not start; "
+                        "run `make test`")
         discovery = {
             "issuer": ready["issuer"],
             "authorization_endpoint": ready["authorization_endpoint"],
@@ -147,7 +148,8 @@ def assert_timeline_shown(page, app_server: str) -> None:
     titles = page.eval_on_selector_all("#chart .point title", "ts => ts.map(t => t.textContent)")
     assert "Ankle dorsiflexion, left: 4/5 on 2026-11-14" in titles
     assert "Ankle dorsiflexion, left: 3-/5 on 2026-11-18" in titles
-    shown = page.eval_on_selector_all("#cards .card .card-summary", "s => s.map(x => x.textContent)")
+    shown = page.eval_on_selector_all("#cards .card .card-summary",
+                                      "s => s.map(x => x.textContent)")
     assert shown == [c["summary"] for c in hook_cards(app_server)]
     assert page.locator("#cards .card.critical").count() == 1
     assert page.locator("#problem").is_hidden()
@@ -159,8 +161,9 @@ def test_open_server_launch_draws_grades_red_flag_and_the_cards(page, app_server
     page.goto(url)
     page.wait_for_selector(READY)
     assert_timeline_shown(page, app_server)
-    assert "Foot drop" in page.inner_text("#summary") or "progressive weakness" in page.inner_text(
-        "#summary")
+    summary = page.inner_text("#summary")
+    assert "Foot drop (left) since 2026-11-18; course: worsening" in summary
+    assert "Red flags: progressive weakness" in summary
     assert page.problems == []  # type: ignore[attr-defined]
 
 
