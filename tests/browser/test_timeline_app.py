@@ -3,7 +3,8 @@
 - open-server launch (``launch.html?fhirServiceUrl=...&patientId=...``): the chart shows every
   grade with its date, the red flag by name, and the same cards a patient-view hook call gives;
 - EHR launch end to end against a real OAuth 2.0 server (``oidc-provider``, started here with
-  SMART launch context): launch, sign in, consent, token with ``patient``, app renders;
+  SMART launch context): launch, sign in, consent, token with ``patient``, app renders; the
+  same for a standalone launch (scope ``launch/patient``; the server stands in for the picker);
 - a refused authorisation and a token without patient context each give a clear message.
 """
 
@@ -82,7 +83,7 @@ def auth_server(app_server: str, fhir: FhirServer) -> Iterator[dict[str, Any]]:
         unavailable("node is not on PATH")
     proc = subprocess.Popen(
         [node, str(FHIR_SERVER_DIR / "auth_server.mjs"), "--port", "0", "--client-id", CLIENT_ID,
-         "--redirect-uri", f"{app_server}/app/index.html"],
+         "--redirect-uri", f"{app_server}/app/index.html", "--standalone-patient", PATIENT],
         cwd=FHIR_SERVER_DIR, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,
     )
@@ -187,6 +188,14 @@ def test_ehr_launch_authorises_gets_a_patient_and_renders(page, app_server, fhir
     assert_timeline_shown(page, app_server)
     # The service never read FHIR for the app: every FHIR read came from the browser, with a token.
     assert any(path.startswith("/fhir/R4/Observation") for _, path in fhir.request_log())
+
+
+def test_standalone_launch_with_patient_selection_renders(page, app_server, fhir, auth_server):
+    page.goto(f"{app_server}/app/launch.html?iss={quote(fhir.base, safe='')}")
+    page.wait_for_selector("input[name=login]")
+    sign_in(page)
+    page.wait_for_selector(READY)
+    assert_timeline_shown(page, app_server)
 
 
 def test_refused_authorisation_says_so_in_the_page(page, app_server, fhir, auth_server):

@@ -1,7 +1,7 @@
 // A real OAuth 2.0 / OpenID Connect authorisation server for the SMART App Launch browser tests:
 // `oidc-provider` (the certified Node implementation) with SMART launch context added.
 //
-//   node auth_server.mjs --port 0 --client-id ID --redirect-uri URI
+//   node auth_server.mjs --port 0 --client-id ID --redirect-uri URI [--standalone-patient ID]
 //
 // Prints one JSON line once listening: {"issuer": "http://127.0.0.1:PORT",
 // "authorization_endpoint": ..., "token_endpoint": ...}. Loopback only.
@@ -16,13 +16,14 @@
 import Provider from 'oidc-provider';
 
 function parseArgs(argv) {
-  const opts = { port: 0, clientId: 'foot-drop-timeline', redirectUris: [] };
+  const opts = { port: 0, clientId: 'foot-drop-timeline', redirectUris: [], standalonePatient: '' };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const next = () => argv[++i];
     if (arg === '--port') opts.port = Number.parseInt(next(), 10);
     else if (arg === '--client-id') opts.clientId = next();
     else if (arg === '--redirect-uri') opts.redirectUris.push(next());
+    else if (arg === '--standalone-patient') opts.standalonePatient = next();
     else {
       process.stderr.write(`auth-server: unknown argument ${arg}\n`);
       process.exit(2);
@@ -70,7 +71,12 @@ function start(port) {
     const location = ctx.response.get('Location');
     if (location && location.includes('code=') && ctx.oidc?.params) {
       const code = new URL(location).searchParams.get('code');
-      if (code) launchOfCode.set(code, String(ctx.oidc.params.launch ?? ''));
+      const scopes = String(ctx.oidc.params.scope ?? '').split(' ');
+      let launch = String(ctx.oidc.params.launch ?? '');
+      if (!launch && scopes.includes('launch/patient') && opts.standalonePatient) {
+        launch = `patient:${opts.standalonePatient}`;
+      }
+      if (code) launchOfCode.set(code, launch);
     }
     if (ctx.path === '/token' && ctx.status === 200 && ctx.body?.access_token) {
       const launch = launchOfCode.get(ctx.oidc?.params?.code) ?? '';
