@@ -135,7 +135,7 @@ def test_built_app_pages_are_served_with_a_strict_csp(client, tmp_path, app):
     (built / "index.html").write_text("<!doctype html><title>t</title>", encoding="utf-8")
     (built / "launch.html").write_text("<!doctype html><title>l</title>", encoding="utf-8")
     runtime = app.extensions["cds"]
-    object.__setattr__(runtime, "settings", runtime.settings.replace(smart_app_dir=built))
+    runtime.settings = runtime.settings.replace(smart_app_dir=built)
     for path in ("/app/", "/app/launch.html"):
         response = client.get(path)
         assert response.status_code == 200, path
