@@ -139,7 +139,7 @@ def evidence_links(rec: Recommendation, ctx: RenderContext) -> list[dict[str, An
     """The card's ``links``: the service's evidence page for the recommendation, then the primary
     source. Other links (the SMART app) are appended by their own function."""
     return [
-        {"label": "Evidence behind this card", "url": evidence_url(ctx.public_base_url, rec.id),
+        {"label": "Evidence and sources", "url": evidence_url(ctx.public_base_url, rec.id),
          "type": "absolute"},
         {"label": rec.source.label, "url": rec.source.url, "type": "absolute"},
     ]
