@@ -121,7 +121,8 @@ class Pipeline:
         lap("rules")
         rendered = render_cards(
             matches, self.knowledge,
-            RenderContext(request.patient_id, request.user_id, request.encounter_id, now),
+            RenderContext(request.patient_id, request.user_id, request.encounter_id, now,
+                          public_base_url=self.settings.public_base_url),
         )
         if service.hook == "patient-view":
             self._link_timeline(rendered)
@@ -166,7 +167,9 @@ class Pipeline:
             record = read_patient_record(resources, patient_id, self.relevant)
             facts = self.extractor.extract(record, now)
         matches = evaluate(self.knowledge, hook, facts, [])
-        rendered = render_cards(matches, self.knowledge, RenderContext(patient_id, None, None, now))
+        rendered = render_cards(matches, self.knowledge,
+                                RenderContext(patient_id, None, None, now,
+                                              public_base_url=self.settings.public_base_url))
         self._link_timeline(rendered)
         if self.settings.validate_responses:
             check_response({"cards": [r.card for r in rendered]})

@@ -46,7 +46,7 @@ def test_app_shows_the_same_cards_as_the_hook_call_with_grades_and_red_flag(clie
         c["source"]["topic"]["code"] for c in hook_cards]
     assert [c["summary"] for c in body["cards"]] == [c["summary"] for c in hook_cards]
     assert body["cards"][0]["indicator"] == "critical"
-    assert "<strong>Evidence</strong>" in body["cards"][0]["detailHtml"]
+    assert "<strong>Do now:</strong>" in body["cards"][0]["detailHtml"]  # evidence: card links
     timeline = body["timeline"]
     left = next(s for s in timeline["grades"] if s["id"] == "ankle-dorsiflexion-strength:left")
     assert [(p["date"], p["recordedAs"]) for p in left["points"]] == [
