@@ -437,6 +437,7 @@ def build_request(
         context["encounterId"] = encounter_id
     if hook == "order-select":
         context["selections"] = list(selections)
+    if hook in ("order-select", "order-sign"):
         context["draftOrders"] = draft_orders
     body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
     if fhir_server:
@@ -510,9 +511,9 @@ def fire_command(args: argparse.Namespace) -> int:
     if not base.startswith(("http://", "https://")):
         raise CliError("--fhir-server must be an http(s) URL")
     draft_orders, selections = None, []
-    if args.hook == "order-select":
+    if args.hook in ("order-select", "order-sign"):
         if not args.orders:
-            raise CliError("order-select needs --orders FILE (a Bundle of draft orders)")
+            raise CliError(f"{args.hook} needs --orders FILE (a Bundle of draft orders)")
         draft_orders, selections = read_orders(args.orders, now or system_clock())
         if args.select:
             available = set(selections) | {
@@ -524,7 +525,7 @@ def fire_command(args: argparse.Namespace) -> int:
                 raise CliError(f"--select names orders not in {args.orders}: {', '.join(unknown)}")
             selections = list(args.select)
     elif args.orders:
-        raise CliError("--orders only applies to --hook order-select")
+        raise CliError("--orders only applies to --hook order-select or order-sign")
     context = {"userId": args.user, "patientId": args.patient}
     if args.encounter:
         context["encounterId"] = args.encounter
@@ -550,8 +551,10 @@ def fire_command(args: argparse.Namespace) -> int:
 def _configure_fire(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fhir-server", required=True, help="FHIR R4 base URL holding the patient")
     parser.add_argument("--patient", required=True, help="Patient id on that server")
-    parser.add_argument("--hook", choices=("patient-view", "order-select"), default="patient-view")
-    parser.add_argument("--orders", help="order-select: a Bundle of draft orders (or a fixture)")
+    parser.add_argument("--hook", choices=("patient-view", "order-select", "order-sign"),
+                        default="patient-view")
+    parser.add_argument("--orders", help="order-select/order-sign: a Bundle of draft orders "
+                        "(or a fixture)")
     parser.add_argument("--select", action="append", metavar="TYPE/ID",
                         help="order-select: the selected order(s) (default: all in --orders)")
     parser.add_argument("--token", help="bearer token for the FHIR server (sent as "

@@ -20,17 +20,17 @@ from cds_service.clock import Clock
 from cds_service.config import Settings
 from cds_service.facts.extract import FactExtractor
 from cds_service.facts.model import PatientFacts
-from cds_service.facts.orders import selected_orders
+from cds_service.facts.orders import draft_entries, selected_orders
 from cds_service.fhir.record import read_patient_record
 from cds_service.fhir.relevance import RelevanceFilter
-from cds_service.knowledge.loader import Knowledge, ServiceSpec
+from cds_service.knowledge.loader import ORDER_HOOKS, Knowledge, ServiceSpec
 from cds_service.logs import log_event
 from cds_service.prefetch.fhir_client import FetchLimits
 from cds_service.prefetch.resolver import KeyFailure, resolve_prefetch
 from cds_service.render.cards import RenderContext, RenderedCard, render_cards
 from cds_service.rules.evaluate import evaluate
 from cds_service.storage.db import Database, IssuedCard
-from cds_service.validation.request import RequestError, parse_hook_request
+from cds_service.validation.request import HookRequest, RequestError, parse_hook_request
 from cds_service.validation.response import check_response
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,14 @@ class HookResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     fetched_keys: list[str] = field(default_factory=list)
+
+
+def orders_to_review(hook: str, request: HookRequest) -> tuple[str, ...]:
+    """order-select reviews what the clinician selected; order-sign reviews every draft order,
+    since all of them are about to be signed (the hook has no ``selections``)."""
+    if hook == "order-sign":
+        return tuple(dict.fromkeys(e.reference for e in draft_entries(request.draft_orders)))
+    return request.selections
 
 
 class Pipeline:
@@ -109,9 +117,9 @@ class Pipeline:
             lap("read")
             facts = self.extractor.extract(record, now)
             orders = (
-                selected_orders(request.draft_orders, request.selections, request.patient_id,
-                                self.knowledge)
-                if service.hook == "order-select"
+                selected_orders(request.draft_orders, orders_to_review(service.hook, request),
+                                request.patient_id, self.knowledge)
+                if service.hook in ORDER_HOOKS
                 else []
             )
         lap("facts")

@@ -80,7 +80,8 @@ class SuggestionSpec:
 @dataclass(frozen=True)
 class Recommendation:
     id: str
-    hook: str
+    hook: str  # the first of ``hooks``
+    hooks: tuple[str, ...]
     title: str
     rank: int
     per_selected_order: bool
@@ -114,7 +115,7 @@ class Knowledge:
             raise KnowledgeError(f"unknown value set {vs_id!r}") from exc
 
     def for_hook(self, hook: str) -> tuple[Recommendation, ...]:
-        return tuple(r for r in self.recommendations if r.hook == hook)
+        return tuple(r for r in self.recommendations if hook in r.hooks)
 
 
 def template_environment() -> ImmutableSandboxedEnvironment:
@@ -163,9 +164,11 @@ def load_knowledge(root: Path) -> Knowledge:
             raise KnowledgeError(f"{path.name}: {exc.message} at {where}") from exc
         if data.get("enabled", True) is False:
             continue
-        if (data["hook"], data["id"]) in seen:
-            raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
-        seen.add((data["hook"], data["id"]))
+        hooks = _hooks_of(data)
+        for hook in hooks:
+            if (hook, data["id"]) in seen:
+                raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
+            seen.add((hook, data["id"]))
         recommendations.append(_compile_recommendation(data, path, order_facts))
     defaults = tuple(config.get("default_override_reasons", ()))
     return Knowledge(
@@ -176,6 +179,15 @@ def load_knowledge(root: Path) -> Knowledge:
         recommendations=tuple(recommendations),
         default_override_reasons=defaults,
     )
+
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+
+def _hooks_of(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """``hook: order-select`` or ``hook: [order-select, order-sign]``: one rule, several hooks."""
+    hook = data["hook"]
+    return (hook,) if isinstance(hook, str) else tuple(hook)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -225,8 +237,9 @@ def _compile_recommendation(
 ) -> Recommendation:
     where = path.name
     per_order = data.get("for_each") == "selected-order"
-    if per_order and data["hook"] != "order-select":
-        raise KnowledgeError(f"{where}: for_each selected-order needs hook order-select")
+    hooks = _hooks_of(data)
+    if per_order and not set(hooks) <= ORDER_HOOKS:
+        raise KnowledgeError(f"{where}: for_each selected-order needs order-select/order-sign")
     known = PATIENT_FACT_NAMES | (order_facts if per_order else frozenset())
     try:
         when = compile_condition(data["when"], known, where)
@@ -248,7 +261,8 @@ def _compile_recommendation(
         raise KnowledgeError(f"{where}: suggestions need selection_behavior")
     return Recommendation(
         id=data["id"],
-        hook=data["hook"],
+        hook=hooks[0],
+        hooks=hooks,
         title=data["title"],
         rank=int(data.get("rank", 50)),
         per_selected_order=per_order,
