@@ -78,6 +78,23 @@ class SuggestionSpec:
 
 
 @dataclass(frozen=True)
+class OverrideReasonSpec:
+    """One override reason a card may offer; ``when`` limits it to the card variants it fits."""
+
+    code: str
+    display: str
+    when: CompiledCondition | None = None
+
+
+@dataclass(frozen=True)
+class SnoozeSpec:
+    """Overrides with one of ``reasons`` hide the card for that patient for ``days``."""
+
+    reasons: frozenset[str]
+    days: int
+
+
+@dataclass(frozen=True)
 class Recommendation:
     id: str
     hook: str  # the first of ``hooks``
@@ -93,10 +110,11 @@ class Recommendation:
     source: Mapping[str, str]
     citations: tuple[Mapping[str, str], ...]
     links: tuple[Mapping[str, str], ...]
-    override_reasons: tuple[Mapping[str, str], ...]
+    override_reasons: tuple[OverrideReasonSpec, ...]
     selection_behavior: str
     suggestions: tuple[SuggestionSpec, ...]
     path: Path
+    snooze: SnoozeSpec = SnoozeSpec(frozenset(), 0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,9 @@ class Knowledge:
     thresholds: Mapping[str, Any]
     recommendations: tuple[Recommendation, ...]
     default_override_reasons: tuple[Mapping[str, str], ...]
+
+    def recommendation(self, rec_id: str) -> Recommendation | None:
+        return next((r for r in self.recommendations if r.id == rec_id), None)
 
     def valueset(self, vs_id: str) -> CompiledValueSet:
         try:
@@ -153,6 +174,8 @@ def load_knowledge(root: Path) -> Knowledge:
     if unknown:
         raise KnowledgeError(f"facts.yaml selected_order_categories: unknown value sets {unknown}")
     order_facts = order_fact_names(order_categories)
+    defaults = tuple(config.get("default_override_reasons", ()))
+    snooze_default = config.get("snooze") or {}
     recommendations = []
     seen: set[tuple[str, str]] = set()
     for path in sorted((root / "recommendations").rglob("*.yaml")):
@@ -169,8 +192,9 @@ def load_knowledge(root: Path) -> Knowledge:
             if (hook, data["id"]) in seen:
                 raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
             seen.add((hook, data["id"]))
-        recommendations.append(_compile_recommendation(data, path, order_facts))
-    defaults = tuple(config.get("default_override_reasons", ()))
+        recommendations.append(
+            _compile_recommendation(data, path, order_facts, defaults, snooze_default)
+        )
     return Knowledge(
         root=root,
         services=services,
@@ -232,8 +256,53 @@ def _load_services(path: Path) -> dict[str, ServiceSpec]:
     return services
 
 
+def _compile_override_reasons(
+    data: Mapping[str, Any], known: frozenset[str], where: str,
+    defaults: tuple[Mapping[str, str], ...],
+) -> tuple[OverrideReasonSpec, ...]:
+    """The card's own reasons (a bare code names one of config.yaml's defaults), then the defaults
+    it does not list, unless ``default_override_reasons: false``. Unknown codes fail at load."""
+    catalogue = {d["code"]: d["display"] for d in defaults}
+    reasons: list[OverrideReasonSpec] = []
+    for entry in data.get("override_reasons", ()):
+        code = entry["code"]
+        display = entry.get("display") or catalogue.get(code)
+        if display is None:
+            raise KnowledgeError(
+                f"{where}: override reason {code!r} has no display and is not a default reason")
+        if any(r.code == code and "when" not in entry for r in reasons):
+            raise KnowledgeError(f"{where}: override reason {code!r} listed twice")
+        when = compile_condition(entry["when"], known, f"{where} override reason {code}") if (
+            "when" in entry) else None
+        reasons.append(OverrideReasonSpec(code, display, when))
+    if data.get("default_override_reasons", True):
+        listed = {r.code for r in reasons}
+        reasons.extend(OverrideReasonSpec(d["code"], d["display"]) for d in defaults
+                       if d["code"] not in listed)
+    return tuple(reasons)
+
+
+def _compile_snooze(
+    data: Mapping[str, Any], reasons: tuple[OverrideReasonSpec, ...], where: str,
+    snooze_default: Mapping[str, Any],
+) -> SnoozeSpec:
+    spec = {**snooze_default, **(data.get("snooze") or {})}
+    offered = {r.code for r in reasons}
+    wanted = frozenset(spec.get("reasons") or ())
+    if "snooze" not in data:
+        wanted = wanted & offered  # the default applies to the reasons this card offers
+    unknown = sorted(wanted - offered)
+    if unknown:
+        raise KnowledgeError(f"{where}: snooze reasons {unknown} are not override reasons of it")
+    days = int(spec.get("days", 14))
+    if wanted and days < 1:
+        raise KnowledgeError(f"{where}: snooze days must be at least 1")
+    return SnoozeSpec(wanted, days)
+
+
 def _compile_recommendation(
-    data: Mapping[str, Any], path: Path, order_facts: frozenset[str]
+    data: Mapping[str, Any], path: Path, order_facts: frozenset[str],
+    defaults: tuple[Mapping[str, str], ...] = (), snooze_default: Mapping[str, Any] | None = None,
 ) -> Recommendation:
     where = path.name
     per_order = data.get("for_each") == "selected-order"
@@ -253,6 +322,7 @@ def _compile_recommendation(
         )
         summary = _ENV.from_string(data["summary"].strip())
         detail = _ENV.from_string(data["detail"].strip())
+        override_reasons = _compile_override_reasons(data, known, where, defaults)
     except ConditionError as exc:
         raise KnowledgeError(str(exc)) from exc
     except Exception as exc:  # jinja2 TemplateSyntaxError and friends
@@ -274,10 +344,11 @@ def _compile_recommendation(
         source=dict(data["source"]),
         citations=tuple(data["citations"]),
         links=tuple(data.get("links", ())),
-        override_reasons=tuple(data.get("override_reasons", ())),
+        override_reasons=override_reasons,
         selection_behavior=data.get("selection_behavior", "at-most-one"),
         suggestions=suggestions,
         path=path,
+        snooze=_compile_snooze(data, override_reasons, where, snooze_default or {}),
     )
 
 

@@ -112,14 +112,13 @@ def _render(match: RuleMatch, knowledge: Knowledge, ctx: RenderContext) -> Rende
         card["selectionBehavior"] = rec.selection_behavior
         if rec.selection_behavior == "at-most-one":
             _at_most_one_recommended(suggestions)
-    reasons = list(rec.override_reasons) + [
-        r for r in knowledge.default_override_reasons
-        if r["code"] not in {o["code"] for o in rec.override_reasons}
-    ]
+    reasons: dict[str, str] = {}
+    for reason in match.override_reasons:
+        reasons.setdefault(reason.code, reason.display)
     if reasons:
         card["overrideReasons"] = [
-            {"system": OVERRIDE_REASON_SYSTEM, "code": r["code"], "display": r["display"]}
-            for r in reasons
+            {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display}
+            for code, display in reasons.items()
         ]
     if rec.links:
         card["links"] = [
