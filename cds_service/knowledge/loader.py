@@ -115,6 +115,8 @@ class Recommendation:
     suggestions: tuple[SuggestionSpec, ...]
     path: Path
     snooze: SnoozeSpec = SnoozeSpec(frozenset(), 0)
+    # Patient facts its conditions read: the evidence a snoozed card is compared on.
+    fact_names: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Knowledge:
     thresholds: Mapping[str, Any]
     recommendations: tuple[Recommendation, ...]
     default_override_reasons: tuple[Mapping[str, str], ...]
+    snooze_returned_note: str = ""
 
     def recommendation(self, rec_id: str) -> Recommendation | None:
         return next((r for r in self.recommendations if r.id == rec_id), None)
@@ -202,6 +205,7 @@ def load_knowledge(root: Path) -> Knowledge:
         thresholds=thresholds,
         recommendations=tuple(recommendations),
         default_override_reasons=defaults,
+        snooze_returned_note=str(snooze_default.get("returned_note") or "").strip(),
     )
 
 
@@ -349,7 +353,22 @@ def _compile_recommendation(
         suggestions=suggestions,
         path=path,
         snooze=_compile_snooze(data, override_reasons, where, snooze_default or {}),
+        fact_names=frozenset(_facts_read(
+            [data["when"], *(e["when"] for e in data.get("escalate", ()))]
+        )),
     )
+
+
+def _facts_read(node: Any) -> set[str]:
+    """Patient fact names a condition tree reads (``order.*`` facts belong to the order)."""
+    if isinstance(node, Mapping):
+        found = {node["fact"]} if isinstance(node.get("fact"), str) else set()
+        for value in node.values():
+            found |= _facts_read(value)
+        return {f for f in found if not f.startswith("order.")}
+    if isinstance(node, list):
+        return set().union(*(_facts_read(v) for v in node)) if node else set()
+    return set()
 
 
 def _compile_suggestion(

@@ -52,6 +52,21 @@ class IssuedCard:
     recommendation_id: str
     indicator: str
     issued_at: datetime
+    patient_pseudonym: str | None = None
+    decision_key: str | None = None
+    evidence: str | None = None
+
+
+@dataclass(frozen=True)
+class SnoozeRecord:
+    patient_pseudonym: str
+    recommendation_id: str
+    card_uuid: str
+    reason_code: str
+    indicator: str
+    evidence: str | None
+    snoozed_at: datetime
+    snoozed_until: datetime
 
 
 @dataclass(frozen=True)
@@ -133,12 +148,72 @@ class Database:
                 "recommendation_id": c.recommendation_id,
                 "indicator": c.indicator,
                 "issued_at": c.issued_at,
+                "patient_pseudonym": c.patient_pseudonym,
+                "decision_key": c.decision_key,
+                "evidence": c.evidence,
             }
             for c in cards
         ]
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(insert(tables.issued_card), rows)
+
+    def issued_cards(self, card_uuids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        uuids = list(dict.fromkeys(card_uuids))
+        if not uuids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tables.issued_card).where(tables.issued_card.c.card_uuid.in_(uuids))
+            )
+            return {r.card_uuid: dict(r._mapping) for r in rows}
+
+    def decision_rows(self) -> list[dict[str, Any]]:
+        """Every issued card with its feedback (if any), for the decision report."""
+        issued, fb = tables.issued_card, tables.feedback
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(issued.c.card_uuid, issued.c.recommendation_id, issued.c.decision_key,
+                       fb.c.outcome, fb.c.override_reason_code, fb.c.outcome_timestamp)
+                .select_from(issued.outerjoin(fb, fb.c.card_uuid == issued.c.card_uuid))
+            )
+            return [dict(r._mapping) for r in rows]
+
+    # -- snooze ---------------------------------------------------------------------------------
+    def add_snooze(self, record: SnoozeRecord) -> bool:
+        """Store a snooze once per overridden card; False when it was already stored."""
+        row = {
+            "snooze_key": hashlib.sha256(record.card_uuid.encode()).hexdigest(),
+            **record.__dict__,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(tables.snooze).values(**row))
+        except IntegrityError:
+            return False
+        return True
+
+    def active_snoozes(self, patient_pseudonym: str, now: datetime) -> dict[str, SnoozeRecord]:
+        """recommendation id -> the latest snooze still running for this patient."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tables.snooze)
+                .where(tables.snooze.c.patient_pseudonym == patient_pseudonym,
+                       tables.snooze.c.snoozed_until > now)
+                .order_by(tables.snooze.c.snoozed_at)
+            )
+            found: dict[str, SnoozeRecord] = {}
+            for r in rows:
+                values = {k: v for k, v in r._mapping.items() if k != "snooze_key"}
+                found[r.recommendation_id] = SnoozeRecord(**values)
+            return found
+
+    def snooze_counts(self) -> dict[str, int]:
+        snooze = tables.snooze
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(snooze.c.recommendation_id, func.count())
+                                .group_by(snooze.c.recommendation_id))
+            return {rec_id: int(n) for rec_id, n in rows}
 
     def recommendation_stats(self) -> list[RecommendationStats]:
         stats: dict[str, RecommendationStats] = {}
