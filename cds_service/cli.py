@@ -897,13 +897,15 @@ def _rate(part: int, whole: int) -> float | None:
 def report_rows(stats: Sequence[Any]) -> list[dict[str, Any]]:
     rows = []
     for s in stats:
-        answered = s.accepted + s.overridden
         rows.append({
             "recommendation": s.recommendation_id,
             "issued": s.issued,
+            "cards": s.cards,
+            "decided": s.decided,
             "accepted": s.accepted,
             "overridden": s.overridden,
-            "no_feedback": max(0, s.issued - answered),
+            "snoozed": s.snoozed,
+            "no_feedback": max(0, s.issued - s.decided),
             "acceptance_rate": _rate(s.accepted, s.issued),
             "override_rate": _rate(s.overridden, s.issued),
             "override_reasons": dict(sorted(s.override_reasons.items(),
@@ -920,25 +922,31 @@ def format_report(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "No cards issued and no feedback recorded yet."
     width = max(14, *(len(r["recommendation"]) for r in rows))
-    head = (f"{'recommendation':<{width}}  {'issued':>6}  {'accepted':>8}  {'overridden':>10}  "
-            f"{'no feedback':>11}  {'accept':>6}  {'override':>8}  top override reasons")
+    head = (f"{'recommendation':<{width}}  {'issued':>6}  {'decided':>7}  {'accepted':>8}  "
+            f"{'overridden':>10}  {'snoozed':>7}  {'no feedback':>11}  {'accept':>6}  "
+            f"{'override':>8}  top override reasons")
     lines = [head, "-" * len(head)]
     for r in rows:
         reasons = ", ".join(f"{k} {v}" for k, v in list(r["override_reasons"].items())[:3])
         lines.append(
-            f"{r['recommendation']:<{width}}  {r['issued']:>6}  {r['accepted']:>8}  "
-            f"{r['overridden']:>10}  {r['no_feedback']:>11}  {_pct(r['acceptance_rate']):>6}  "
+            f"{r['recommendation']:<{width}}  {r['issued']:>6}  {r['decided']:>7}  "
+            f"{r['accepted']:>8}  {r['overridden']:>10}  {r['snoozed']:>7}  "
+            f"{r['no_feedback']:>11}  {_pct(r['acceptance_rate']):>6}  "
             f"{_pct(r['override_rate']):>8}  {reasons}")
     issued = sum(r["issued"] for r in rows)
+    decided = sum(r["decided"] for r in rows)
     accepted = sum(r["accepted"] for r in rows)
     overridden = sum(r["overridden"] for r in rows)
+    snoozed = sum(r["snoozed"] for r in rows)
     lines.append("-" * len(head))
     lines.append(
-        f"{'all':<{width}}  {issued:>6}  {accepted:>8}  {overridden:>10}  "
-        f"{max(0, issued - accepted - overridden):>11}  {_pct(_rate(accepted, issued)):>6}  "
+        f"{'all':<{width}}  {issued:>6}  {decided:>7}  {accepted:>8}  {overridden:>10}  "
+        f"{snoozed:>7}  {max(0, issued - decided):>11}  {_pct(_rate(accepted, issued)):>6}  "
         f"{_pct(_rate(overridden, issued)):>8}")
     lines.append("")
-    lines.append("Rates are per issued card. '(unknown card)' is feedback on cards this database "
+    lines.append("Counts are decisions, not hook calls: one per patient, recommendation and draft "
+                 "order (patient-view: per day); a decision's latest feedback is its outcome. "
+                 "Rates are per decision. '(unknown card)' is feedback on cards this database "
                  "did not record (CDS_RECORD_ISSUED_CARDS off, or another database).")
     return "\n".join(lines)
 
