@@ -180,3 +180,52 @@ def test_postgresql_without_a_key_is_a_clear_start_error() -> None:
     with pytest.raises(SettingsError, match="CDS_PSEUDONYM_KEY"):
         create_app({"database_url": "postgresql+psycopg://cds@127.0.0.1:1/cds"},
                    clock=fixed_clock(NOW))
+
+
+def test_a_worse_grade_brings_the_critical_card_back(client) -> None:
+    path = FIXTURES_DIR / "patient-view" / "fires-urgent-progressive-weakness-3minus.json"
+    request = load_fixture(path, NOW).request
+    override(client, cards(client, request)[RED_FLAG])
+    assert RED_FLAG not in cards(client, request)
+
+    worse = copy.deepcopy(request)
+    entries = worse["prefetch"]["observations"]["entry"]
+    latest = copy.deepcopy(entries[-1]["resource"])
+    latest.update(id=f"{latest['id']}-today", valueString="1/5",
+                  effectiveDateTime=(NOW - timedelta(hours=1)).isoformat())
+    entries.append({"fullUrl": f"urn:uuid:{latest['id']}", "resource": latest})
+    back = cards(client, worse)[RED_FLAG]
+    assert back["indicator"] == "critical"
+    assert "1/5" in back["detail"].split("\n\n")[0], "the note says what is new"
+
+
+def test_unreadable_snoozes_show_every_card(client, database_url) -> None:
+    override(client, cards(client, request_for())[RED_FLAG])
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE snooze"))
+    engine.dispose()
+    assert RED_FLAG in cards(client, request_for()), "fail open: a card shown beats a card lost"
+
+
+def test_migration_0002_keeps_cards_issued_before_it(tmp_path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from cds_service.storage.db import MIGRATIONS_DIR, Database
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO issued_card VALUES ('u1', 'svc', 'rec', 'info', "
+                          "'2026-11-01 00:00:00')"))
+    engine.dispose()
+    database = Database(url)
+    database.migrate()
+    assert database.issued_cards(["u1"])["u1"]["patient_pseudonym"] is None
+    assert {s.recommendation_id: s.issued for s in database.recommendation_stats()} == {"rec": 1}
+    database.dispose()
