@@ -140,7 +140,8 @@ class Pipeline:
         lap("snooze")
         rendered = render_cards(
             matches, self.knowledge,
-            RenderContext(request.patient_id, request.user_id, request.encounter_id, now),
+            RenderContext(request.patient_id, request.user_id, request.encounter_id, now,
+                          hook=service.hook),
         )
         for card in rendered:
             note = snoozes.returned.get(card.recommendation_id)

@@ -36,6 +36,7 @@ class RenderContext:
     user_id: str | None
     encounter_id: str | None
     now: datetime
+    hook: str = ""  # templates may word order cards for order-select vs order-sign
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def _template_vars(match: RuleMatch, ctx: RenderContext) -> dict[str, Any]:
         "now": ctx.now,
         "today": ctx.now.date().isoformat(),
         "indicator": match.indicator,
+        "hook": ctx.hook,
     }
 
 
