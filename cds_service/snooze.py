@@ -184,7 +184,7 @@ class Snoozer:
             return SnoozeOutcome(list(matches))
         outcome = SnoozeOutcome([])
         for match in matches:
-            snooze = active.get(match.recommendation.id)
+            snooze = active.get((match.recommendation.hook, match.recommendation.id))
             if snooze is None:
                 outcome.kept.append(match)
                 continue
@@ -218,12 +218,15 @@ class Snoozer:
             card = issued.get(entry.card_uuid)
             if card is None or not card.get("patient_pseudonym"):
                 continue  # a card we did not issue (or issued before pseudonyms): no patient
-            rec = self.knowledge.recommendation(card["recommendation_id"])
+            service = self.knowledge.services.get(card["service_id"])
+            rec = self.knowledge.recommendation(card["recommendation_id"],
+                                                service.hook if service else None)
             if rec is None or entry.override_reason_code not in rec.snooze.reasons:
                 continue
             stored = self.database.add_snooze(SnoozeRecord(
                 patient_pseudonym=card["patient_pseudonym"],
                 recommendation_id=rec.id,
+                hook=rec.hook,
                 card_uuid=entry.card_uuid,
                 reason_code=entry.override_reason_code,
                 indicator=card["indicator"],

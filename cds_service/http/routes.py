@@ -143,7 +143,11 @@ def feedback(service_id: str) -> Response:
     g.log_fields.update(feedback_received=len(entries), feedback_stored=stored)
     snoozer = rt.pipeline.snoozer
     if snoozer is not None:
-        snoozed = snoozer.record_from_feedback(entries, rt.clock())
+        try:
+            snoozed = snoozer.record_from_feedback(entries, rt.clock())
+        except Exception:  # the feedback is stored; a snooze not started only shows the card
+            log_event(log, "could not start snoozes", logging.ERROR, exc_info=True)
+            snoozed = []
         if snoozed:
             g.log_fields["snoozes_started"] = snoozed
             _notify("snooze_started", service_id, snoozed)

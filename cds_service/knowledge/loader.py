@@ -129,8 +129,11 @@ class Knowledge:
     default_override_reasons: tuple[Mapping[str, str], ...]
     snooze_returned_note: str = ""
 
-    def recommendation(self, rec_id: str) -> Recommendation | None:
-        return next((r for r in self.recommendations if r.id == rec_id), None)
+    def recommendation(self, rec_id: str, hook: str | None = None) -> Recommendation | None:
+        """The recommendation with this id (and hook: ids repeat between patient-view and the
+        order rules)."""
+        return next((r for r in self.recommendations
+                     if r.id == rec_id and (hook is None or hook in r.hooks)), None)
 
     def valueset(self, vs_id: str) -> CompiledValueSet:
         try:
@@ -205,8 +208,19 @@ def load_knowledge(root: Path) -> Knowledge:
         thresholds=thresholds,
         recommendations=tuple(recommendations),
         default_override_reasons=defaults,
-        snooze_returned_note=str(snooze_default.get("returned_note") or "").strip(),
+        snooze_returned_note=_checked_note(snooze_default.get("returned_note")),
     )
+
+
+def _checked_note(note: Any) -> str:
+    text = str(note or "").strip()
+    try:
+        text.format(snoozed_on="", reason="", evidence="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise KnowledgeError(
+            f"config.yaml snooze.returned_note: only {{snoozed_on}}, {{reason}} and "
+            f"{{evidence}} may be used ({exc})") from exc
+    return text
 
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})

@@ -61,6 +61,7 @@ class IssuedCard:
 class SnoozeRecord:
     patient_pseudonym: str
     recommendation_id: str
+    hook: str  # the recommendation's first hook (ids repeat between patient-view and orders)
     card_uuid: str
     reason_code: str
     indicator: str
@@ -196,8 +197,10 @@ class Database:
             return False
         return True
 
-    def active_snoozes(self, patient_pseudonym: str, now: datetime) -> dict[str, SnoozeRecord]:
-        """recommendation id -> the latest snooze still running for this patient."""
+    def active_snoozes(
+        self, patient_pseudonym: str, now: datetime
+    ) -> dict[tuple[str, str], SnoozeRecord]:
+        """(hook, recommendation id) -> the latest snooze still running for this patient."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(tables.snooze)
@@ -205,10 +208,12 @@ class Database:
                        tables.snooze.c.snoozed_until > now)
                 .order_by(tables.snooze.c.snoozed_at)
             )
-            found: dict[str, SnoozeRecord] = {}
+            found: dict[tuple[str, str], SnoozeRecord] = {}
             for r in rows:
                 values = {k: v for k, v in r._mapping.items() if k != "snooze_key"}
-                found[r.recommendation_id] = SnoozeRecord(**values)
+                values["snoozed_at"] = _utc(values["snoozed_at"])
+                values["snoozed_until"] = _utc(values["snoozed_until"])
+                found[(r.hook, r.recommendation_id)] = SnoozeRecord(**values)
             return found
 
     def snooze_counts(self) -> dict[str, int]:

@@ -46,6 +46,7 @@ snooze = Table(
     Column("snooze_key", String(64), primary_key=True),
     Column("patient_pseudonym", String(64), nullable=False),
     Column("recommendation_id", String(100), nullable=False),
+    Column("hook", String(40), nullable=False),
     Column("card_uuid", String(64), nullable=False),
     Column("reason_code", String(100), nullable=False),
     Column("indicator", String(20), nullable=False),

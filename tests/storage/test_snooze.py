@@ -229,3 +229,17 @@ def test_migration_0002_keeps_cards_issued_before_it(tmp_path) -> None:
     assert database.issued_cards(["u1"])["u1"]["patient_pseudonym"] is None
     assert {s.recommendation_id: s.issued for s in database.recommendation_stats()} == {"rec": 1}
     database.dispose()
+
+
+def test_snoozing_the_chart_card_leaves_the_order_card_of_the_same_id(client) -> None:
+    """patient-view and the order rules share the id urgent-red-flag-evaluation; a snooze of the
+    chart card must not silence the order check."""
+    order_fx = load_fixture(FIXTURES_DIR / "order-select" / "red-flag-afo-pt-ncs-one-card.json", NOW)
+    chart = copy.deepcopy(order_fx.request)
+    chart["hook"] = "patient-view"
+    chart["context"] = {k: v for k, v in chart["context"].items()
+                        if k in ("userId", "patientId", "encounterId")}
+    override(client, cards(client, chart)[RED_FLAG])
+    assert RED_FLAG not in cards(client, chart)
+    order_path = "/cds-services/foot-drop-order-select"
+    assert RED_FLAG in cards(client, order_fx.request, order_path)

@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("snooze_key", sa.String(64), primary_key=True),
         sa.Column("patient_pseudonym", sa.String(64), nullable=False),
         sa.Column("recommendation_id", sa.String(100), nullable=False),
+        # the recommendation's first hook: patient-view and the order rules share some ids
+        sa.Column("hook", sa.String(40), nullable=False),
         sa.Column("card_uuid", sa.String(64), nullable=False),
         sa.Column("reason_code", sa.String(100), nullable=False),
         sa.Column("indicator", sa.String(20), nullable=False),
