@@ -234,7 +234,8 @@ def test_migration_0002_keeps_cards_issued_before_it(tmp_path) -> None:
 def test_snoozing_the_chart_card_leaves_the_order_card_of_the_same_id(client) -> None:
     """patient-view and the order rules share the id urgent-red-flag-evaluation; a snooze of the
     chart card must not silence the order check."""
-    order_fx = load_fixture(FIXTURES_DIR / "order-select" / "red-flag-afo-pt-ncs-one-card.json", NOW)
+    order_fx = load_fixture(
+        FIXTURES_DIR / "order-select" / "red-flag-afo-pt-ncs-one-card.json", NOW)
     chart = copy.deepcopy(order_fx.request)
     chart["hook"] = "patient-view"
     chart["context"] = {k: v for k, v in chart["context"].items()
