@@ -71,7 +71,8 @@ def create_app(
     routes.init_app(app)
     auth.init_app(app)
     cors.init_app(app, settings)
-    for module in ("cds_service.http.metrics", "cds_service.http.preview"):
+    for module in ("cds_service.http.metrics", "cds_service.http.preview",
+                   "cds_service.http.smart_app"):
         _init_optional(app, module)
     log_event(log, "service ready", recommendations=len(knowledge.recommendations),
               valuesets=len(knowledge.valuesets), auth=settings.auth)
