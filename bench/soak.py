@@ -53,7 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from cds_service.fixtures import iter_fixtures  # noqa: E402
 
-SERVICES = {"patient-view": "foot-drop-patient-view", "order-select": "foot-drop-order-select"}
+SERVICES = {"patient-view": "foot-drop-patient-view", "order-select": "foot-drop-order-select",
+            "order-sign": "foot-drop-order-sign"}
 EXPECTED = {200, 412}  # 412: a scenario whose data cannot be had is an answer, not an error
 
 

@@ -33,6 +33,9 @@ def create_app(
         Settings.from_mapping(test_config) if test_config is not None else Settings.from_env()
     )
     configure_logging(settings.log_level)
+    from cds_service.snooze import resolve_pseudonym_key
+
+    pseudonym_key = resolve_pseudonym_key(settings)  # before the database: a clear start error
     knowledge = load_knowledge(settings.cards_dir)
     warm_models()
     database = Database(settings.database_url)
@@ -40,7 +43,8 @@ def create_app(
         database.migrate()
 
     runtime = Runtime(settings=settings, knowledge=knowledge, database=database,
-                      clock=clock or system_clock, session_factory=session_factory)
+                      clock=clock or system_clock, session_factory=session_factory,
+                      pseudonym_key=pseudonym_key)
     if settings.auth == "required":
         from cds_service.http.auth import verifier_for
 

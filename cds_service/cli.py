@@ -437,6 +437,7 @@ def build_request(
         context["encounterId"] = encounter_id
     if hook == "order-select":
         context["selections"] = list(selections)
+    if hook in ("order-select", "order-sign"):
         context["draftOrders"] = draft_orders
     body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
     if fhir_server:
@@ -510,9 +511,9 @@ def fire_command(args: argparse.Namespace) -> int:
     if not base.startswith(("http://", "https://")):
         raise CliError("--fhir-server must be an http(s) URL")
     draft_orders, selections = None, []
-    if args.hook == "order-select":
+    if args.hook in ("order-select", "order-sign"):
         if not args.orders:
-            raise CliError("order-select needs --orders FILE (a Bundle of draft orders)")
+            raise CliError(f"{args.hook} needs --orders FILE (a Bundle of draft orders)")
         draft_orders, selections = read_orders(args.orders, now or system_clock())
         if args.select:
             available = set(selections) | {
@@ -524,7 +525,7 @@ def fire_command(args: argparse.Namespace) -> int:
                 raise CliError(f"--select names orders not in {args.orders}: {', '.join(unknown)}")
             selections = list(args.select)
     elif args.orders:
-        raise CliError("--orders only applies to --hook order-select")
+        raise CliError("--orders only applies to --hook order-select or order-sign")
     context = {"userId": args.user, "patientId": args.patient}
     if args.encounter:
         context["encounterId"] = args.encounter
@@ -550,8 +551,10 @@ def fire_command(args: argparse.Namespace) -> int:
 def _configure_fire(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fhir-server", required=True, help="FHIR R4 base URL holding the patient")
     parser.add_argument("--patient", required=True, help="Patient id on that server")
-    parser.add_argument("--hook", choices=("patient-view", "order-select"), default="patient-view")
-    parser.add_argument("--orders", help="order-select: a Bundle of draft orders (or a fixture)")
+    parser.add_argument("--hook", choices=("patient-view", "order-select", "order-sign"),
+                        default="patient-view")
+    parser.add_argument("--orders", help="order-select/order-sign: a Bundle of draft orders "
+                        "(or a fixture)")
     parser.add_argument("--select", action="append", metavar="TYPE/ID",
                         help="order-select: the selected order(s) (default: all in --orders)")
     parser.add_argument("--token", help="bearer token for the FHIR server (sent as "
@@ -894,13 +897,15 @@ def _rate(part: int, whole: int) -> float | None:
 def report_rows(stats: Sequence[Any]) -> list[dict[str, Any]]:
     rows = []
     for s in stats:
-        answered = s.accepted + s.overridden
         rows.append({
             "recommendation": s.recommendation_id,
             "issued": s.issued,
+            "cards": s.cards,
+            "decided": s.decided,
             "accepted": s.accepted,
             "overridden": s.overridden,
-            "no_feedback": max(0, s.issued - answered),
+            "snoozed": s.snoozed,
+            "no_feedback": max(0, s.issued - s.decided),
             "acceptance_rate": _rate(s.accepted, s.issued),
             "override_rate": _rate(s.overridden, s.issued),
             "override_reasons": dict(sorted(s.override_reasons.items(),
@@ -917,25 +922,31 @@ def format_report(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return "No cards issued and no feedback recorded yet."
     width = max(14, *(len(r["recommendation"]) for r in rows))
-    head = (f"{'recommendation':<{width}}  {'issued':>6}  {'accepted':>8}  {'overridden':>10}  "
-            f"{'no feedback':>11}  {'accept':>6}  {'override':>8}  top override reasons")
+    head = (f"{'recommendation':<{width}}  {'issued':>6}  {'decided':>7}  {'accepted':>8}  "
+            f"{'overridden':>10}  {'snoozed':>7}  {'no feedback':>11}  {'accept':>6}  "
+            f"{'override':>8}  top override reasons")
     lines = [head, "-" * len(head)]
     for r in rows:
         reasons = ", ".join(f"{k} {v}" for k, v in list(r["override_reasons"].items())[:3])
         lines.append(
-            f"{r['recommendation']:<{width}}  {r['issued']:>6}  {r['accepted']:>8}  "
-            f"{r['overridden']:>10}  {r['no_feedback']:>11}  {_pct(r['acceptance_rate']):>6}  "
+            f"{r['recommendation']:<{width}}  {r['issued']:>6}  {r['decided']:>7}  "
+            f"{r['accepted']:>8}  {r['overridden']:>10}  {r['snoozed']:>7}  "
+            f"{r['no_feedback']:>11}  {_pct(r['acceptance_rate']):>6}  "
             f"{_pct(r['override_rate']):>8}  {reasons}")
     issued = sum(r["issued"] for r in rows)
+    decided = sum(r["decided"] for r in rows)
     accepted = sum(r["accepted"] for r in rows)
     overridden = sum(r["overridden"] for r in rows)
+    snoozed = sum(r["snoozed"] for r in rows)
     lines.append("-" * len(head))
     lines.append(
-        f"{'all':<{width}}  {issued:>6}  {accepted:>8}  {overridden:>10}  "
-        f"{max(0, issued - accepted - overridden):>11}  {_pct(_rate(accepted, issued)):>6}  "
+        f"{'all':<{width}}  {issued:>6}  {decided:>7}  {accepted:>8}  {overridden:>10}  "
+        f"{snoozed:>7}  {max(0, issued - decided):>11}  {_pct(_rate(accepted, issued)):>6}  "
         f"{_pct(_rate(overridden, issued)):>8}")
     lines.append("")
-    lines.append("Rates are per issued card. '(unknown card)' is feedback on cards this database "
+    lines.append("Counts are decisions, not hook calls: one per patient, recommendation and draft "
+                 "order (patient-view: per day); a decision's latest feedback is its outcome. "
+                 "Rates are per decision. '(unknown card)' is feedback on cards this database "
                  "did not record (CDS_RECORD_ISSUED_CARDS off, or another database).")
     return "\n".join(lines)
 

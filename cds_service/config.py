@@ -60,6 +60,9 @@ class Settings:
         default=60, metadata={"env": "CDS_JWKS_MIN_REFRESH_SECONDS"}
     )
     database_url: str = field(default="", metadata={"env": "CDS_DATABASE_URL"})
+    # Secret for the patient pseudonym (HMAC-SHA256) recorded with issued cards. Unset with
+    # SQLite: a key file is created next to the database file; required with PostgreSQL.
+    pseudonym_key: str = field(default="", repr=False, metadata={"env": "CDS_PSEUDONYM_KEY"})
     cors_origins: tuple[str, ...] = field(default=("*",), metadata={"env": "CDS_CORS_ORIGINS"})
     fhir_budget_seconds: float = field(default=4.0, metadata={"env": "CDS_FHIR_BUDGET_SECONDS"})
     fhir_max_pages: int = field(default=25, metadata={"env": "CDS_FHIR_MAX_PAGES"})

@@ -20,19 +20,20 @@ from cds_service.clock import Clock
 from cds_service.config import Settings
 from cds_service.facts.extract import FactExtractor
 from cds_service.facts.model import PatientFacts
-from cds_service.facts.orders import selected_orders
+from cds_service.facts.orders import draft_entries, selected_orders
 from cds_service.fhir.record import read_patient_record
 from cds_service.fhir.relevance import RelevanceFilter
-from cds_service.knowledge.loader import Knowledge, ServiceSpec
+from cds_service.knowledge.loader import ORDER_HOOKS, Knowledge, ServiceSpec
 from cds_service.logs import log_event
 from cds_service.prefetch.fhir_client import FetchLimits
 from cds_service.prefetch.resolver import KeyFailure, resolve_prefetch
 from cds_service.render.cards import RenderContext, RenderedCard, render_cards
 from cds_service.render.links import add_timeline_link
 from cds_service.render.timeline import load_spec
-from cds_service.rules.evaluate import evaluate
+from cds_service.rules.evaluate import RuleMatch, evaluate
+from cds_service.snooze import SnoozeOutcome, Snoozer, decision_key
 from cds_service.storage.db import Database, IssuedCard
-from cds_service.validation.request import RequestError, parse_hook_request
+from cds_service.validation.request import HookRequest, RequestError, parse_hook_request
 from cds_service.validation.response import check_response
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,16 @@ class HookResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     fetched_keys: list[str] = field(default_factory=list)
+    snoozed: list[str] = field(default_factory=list)  # recommendation ids hidden by a snooze
+    snooze_returned: list[str] = field(default_factory=list)  # critical, back on new evidence
+
+
+def orders_to_review(hook: str, request: HookRequest) -> tuple[str, ...]:
+    """order-select reviews what the clinician selected; order-sign reviews every draft order,
+    since all of them are about to be signed (the hook has no ``selections``)."""
+    if hook == "order-sign":
+        return tuple(dict.fromkeys(e.reference for e in draft_entries(request.draft_orders)))
+    return request.selections
 
 
 class Pipeline:
@@ -63,6 +74,7 @@ class Pipeline:
         session: requests.Session,
         executor: Executor,
         database: Database | None,
+        pseudonym_key: bytes | None = None,
     ) -> None:
         self.settings = settings
         self.knowledge = knowledge
@@ -70,6 +82,8 @@ class Pipeline:
         self.session = session
         self.executor = executor
         self.database = database
+        self.snoozer = (Snoozer(database, knowledge, pseudonym_key)
+                        if database is not None and pseudonym_key else None)
         self.extractor = FactExtractor(knowledge)
         self.relevant = RelevanceFilter(knowledge)
         self.limits = FetchLimits(
@@ -111,19 +125,31 @@ class Pipeline:
             lap("read")
             facts = self.extractor.extract(record, now)
             orders = (
-                selected_orders(request.draft_orders, request.selections, request.patient_id,
-                                self.knowledge)
-                if service.hook == "order-select"
+                selected_orders(request.draft_orders, orders_to_review(service.hook, request),
+                                request.patient_id, self.knowledge)
+                if service.hook in ORDER_HOOKS
                 else []
             )
         lap("facts")
         matches = evaluate(self.knowledge, service.hook, facts, orders)
         lap("rules")
+        patient = (self.snoozer.pseudonym(request.patient_id, request.fhir_server)
+                   if self.snoozer is not None else None)
+        snoozes = (self.snoozer.apply(patient, matches, now)
+                   if self.snoozer is not None and patient is not None
+                   else SnoozeOutcome(list(matches)))
+        matches = snoozes.kept
+        lap("snooze")
         rendered = render_cards(
             matches, self.knowledge,
             RenderContext(request.patient_id, request.user_id, request.encounter_id, now,
-                          public_base_url=self.settings.public_base_url),
+                          public_base_url=self.settings.public_base_url,
+                          hook=service.hook),
         )
+        for card in rendered:
+            note = snoozes.returned.get(card.recommendation_id)
+            if note:
+                card.card["detail"] = f"{note}\n\n{card.card['detail']}"
         if service.hook == "patient-view":
             self._link_timeline(rendered)
         body_out: dict[str, Any] = {"cards": [r.card for r in rendered]}
@@ -132,11 +158,14 @@ class Pipeline:
             check_response(body_out)
         lap("check")
         if self.database is not None and self.settings.record_issued_cards and rendered:
-            self._record(service.id, rendered, now)
+            self._record(service.id, service.hook, rendered, matches, patient, now)
         lap("record")
         counts = record.stats.as_fields()
         counts["cards"] = len(rendered)
         counts["fetched_pages"] = prefetch.fetched_pages
+        if snoozes.snoozed or snoozes.returned:
+            counts["snoozed"] = len(snoozes.snoozed)
+            counts["snooze_returned"] = len(snoozes.returned)
         if prefetch.truncated_keys:
             log_event(log, "search results incomplete: using the pages that could be read",
                       logging.WARNING, keys=prefetch.truncated_keys)
@@ -147,6 +176,8 @@ class Pipeline:
             timings_ms=timings,
             counts=counts,
             fetched_keys=[k for k, s in prefetch.sources.items() if s == "fetched"],
+            snoozed=snoozes.snoozed,
+            snooze_returned=list(snoozes.returned),
         )
 
     def _link_timeline(self, rendered: list[RenderedCard]) -> None:
@@ -169,18 +200,25 @@ class Pipeline:
         matches = evaluate(self.knowledge, hook, facts, [])
         rendered = render_cards(matches, self.knowledge,
                                 RenderContext(patient_id, None, None, now,
-                                              public_base_url=self.settings.public_base_url))
+                                              public_base_url=self.settings.public_base_url,
+                                              hook="patient-view"))
         self._link_timeline(rendered)
         if self.settings.validate_responses:
             check_response({"cards": [r.card for r in rendered]})
         return facts, rendered
 
-    def _record(self, service_id: str, rendered: list[RenderedCard], now: datetime) -> None:
+    def _record(self, service_id: str, hook: str, rendered: list[RenderedCard],
+                matches: list[RuleMatch], patient: str | None, now: datetime) -> None:
         try:
             self.database.record_issued(  # type: ignore[union-attr]
-                IssuedCard(r.card["uuid"], service_id, r.recommendation_id,
-                           r.card["indicator"], now)
-                for r in rendered
+                IssuedCard(
+                    r.card["uuid"], service_id, r.recommendation_id, r.card["indicator"], now,
+                    patient_pseudonym=patient,
+                    decision_key=decision_key(patient, m, hook, now) if patient else None,
+                    evidence=(self.snoozer.evidence(m).to_json()
+                              if self.snoozer is not None and patient else None),
+                )
+                for r, m in zip(rendered, matches, strict=True)
             )
         except Exception:  # the cards matter more than their bookkeeping
             log_event(log, "could not record issued cards", logging.ERROR, exc_info=True)

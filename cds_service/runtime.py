@@ -31,6 +31,7 @@ class Runtime:
     clock: Clock
     verifier: Any | None = None
     session_factory: Any | None = None
+    pseudonym_key: bytes | None = field(default=None, repr=False)
     _pid: int = -1
     _pipeline: Pipeline | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,7 +48,8 @@ class Runtime:
                     )
                     tune_gc()
                     self._pipeline = Pipeline(self.settings, self.knowledge, self.clock,
-                                              session, executor, self.database)
+                                              session, executor, self.database,
+                                              pseudonym_key=self.pseudonym_key)
                     self._pid = os.getpid()
         return self._pipeline
 

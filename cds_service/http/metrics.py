@@ -11,7 +11,11 @@ service ids are reported as ``unknown``):
   412 (the pipeline does not report the keys that were fetched in a call that then failed);
 - ``cds_fhir_fallback_failures_total{service,key,reason}``: keys that could not be obtained and
   made a call answer 412 (reason ``no-fhir-server`` etc. count here but not as calls);
-- ``cds_feedback_total{service,outcome}``: feedback entries received.
+- ``cds_feedback_total{service,outcome}``: feedback entries received;
+- ``cds_cards_snoozed_total{service,recommendation}``: cards hidden by a snooze;
+- ``cds_snooze_returned_total{service,recommendation}``: snoozed critical cards shown again because
+  of newer evidence;
+- ``cds_snoozes_started_total{service,recommendation}``: overrides that started a snooze.
 
 Each app has its own ``CollectorRegistry`` (tests build several apps in one process). Under
 gunicorn with several workers set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory
@@ -75,6 +79,14 @@ class Metrics:
             ["service", "key", "reason"], registry=r)
         self.feedback = Counter("cds_feedback", "Feedback entries received",
                                 ["service", "outcome"], registry=r)
+        self.snoozed = Counter("cds_cards_snoozed", "Cards hidden by a snooze",
+                               ["service", "recommendation"], registry=r)
+        self.snooze_returned = Counter(
+            "cds_snooze_returned",
+            "Snoozed critical cards shown again because of evidence newer than the override",
+            ["service", "recommendation"], registry=r)
+        self.snoozes_started = Counter("cds_snoozes_started", "Overrides that started a snooze",
+                                       ["service", "recommendation"], registry=r)
 
     def service_label(self, service_id: str | None) -> str:
         if not service_id:
@@ -90,6 +102,13 @@ class Metrics:
                                   rendered.card.get("indicator", "")).inc()
             for key in payload.fetched_keys:
                 self.fallback_calls.labels(service, key).inc()
+            for rec_id in payload.snoozed:
+                self.snoozed.labels(service, rec_id).inc()
+            for rec_id in payload.snooze_returned:
+                self.snooze_returned.labels(service, rec_id).inc()
+        elif event == "snooze_started":
+            for rec_id in payload:
+                self.snoozes_started.labels(service, rec_id).inc()
         elif event == "prefetch_failed":
             reasons = (getattr(g, "log_fields", None) or {}).get("failed_keys") or {}
             for key in payload:

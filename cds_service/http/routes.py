@@ -100,6 +100,8 @@ def call_service(service_id: str) -> Response:
         g.log_fields["missing"] = keys
         _notify("prefetch_failed", service_id, keys)
         return response
+    if result.snoozed or result.snooze_returned:
+        g.log_fields.update(snoozed=result.snoozed, snooze_returned=result.snooze_returned)
     g.log_fields.update(
         cards=[c.recommendation_id for c in result.cards],
         timings_ms=result.timings_ms,
@@ -139,6 +141,16 @@ def feedback(service_id: str) -> Response:
         )
     stored = rt.database.store_feedback(entries, datetime.now(UTC))
     g.log_fields.update(feedback_received=len(entries), feedback_stored=stored)
+    snoozer = rt.pipeline.snoozer
+    if snoozer is not None:
+        try:
+            snoozed = snoozer.record_from_feedback(entries, rt.clock())
+        except Exception:  # the feedback is stored; a snooze not started only shows the card
+            log_event(log, "could not start snoozes", logging.ERROR, exc_info=True)
+            snoozed = []
+        if snoozed:
+            g.log_fields["snoozes_started"] = snoozed
+            _notify("snooze_started", service_id, snoozed)
     _notify("feedback", service_id, entries)
     return jsonify({"received": len(entries), "stored": stored})
 

@@ -92,9 +92,27 @@ class Source:
 
 
 @dataclass(frozen=True)
+class OverrideReasonSpec:
+    """One override reason a card may offer; ``when`` limits it to the card variants it fits."""
+
+    code: str
+    display: str
+    when: CompiledCondition | None = None
+
+
+@dataclass(frozen=True)
+class SnoozeSpec:
+    """Overrides with one of ``reasons`` hide the card for that patient for ``days``."""
+
+    reasons: frozenset[str]
+    days: int
+
+
+@dataclass(frozen=True)
 class Recommendation:
     id: str
-    hook: str
+    hook: str  # the first of ``hooks``
+    hooks: tuple[str, ...]
     title: str
     rank: int
     per_selected_order: bool
@@ -107,10 +125,13 @@ class Recommendation:
     source: Source
     citations: tuple[Source, ...]
     when_data: Mapping[str, Any]  # the rule as written, for the evidence page
-    override_reasons: tuple[Mapping[str, str], ...]
+    override_reasons: tuple[OverrideReasonSpec, ...]
     selection_behavior: str
     suggestions: tuple[SuggestionSpec, ...]
     path: Path
+    snooze: SnoozeSpec = SnoozeSpec(frozenset(), 0)
+    # Patient facts its conditions read: the evidence a snoozed card is compared on.
+    fact_names: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,13 @@ class Knowledge:
     default_override_reasons: tuple[Mapping[str, str], ...]
     sources: Mapping[str, Source]
     version: str
+    snooze_returned_note: str = ""
+
+    def recommendation(self, rec_id: str, hook: str | None = None) -> Recommendation | None:
+        """The recommendation with this id (and hook: ids repeat between patient-view and the
+        order rules)."""
+        return next((r for r in self.recommendations
+                     if r.id == rec_id and (hook is None or hook in r.hooks)), None)
 
     def valueset(self, vs_id: str) -> CompiledValueSet:
         try:
@@ -131,7 +159,7 @@ class Knowledge:
             raise KnowledgeError(f"unknown value set {vs_id!r}") from exc
 
     def for_hook(self, hook: str) -> tuple[Recommendation, ...]:
-        return tuple(r for r in self.recommendations if r.hook == hook)
+        return tuple(r for r in self.recommendations if hook in r.hooks)
 
 
 def template_environment() -> ImmutableSandboxedEnvironment:
@@ -170,6 +198,8 @@ def load_knowledge(root: Path) -> Knowledge:
         raise KnowledgeError(f"facts.yaml selected_order_categories: unknown value sets {unknown}")
     order_facts = order_fact_names(order_categories)
     sources = load_sources(root / "sources.yaml", root / "schema" / "sources.schema.json")
+    defaults = tuple(config.get("default_override_reasons", ()))
+    snooze_default = config.get("snooze") or {}
     recommendations = []
     seen: set[tuple[str, str]] = set()
     for path in sorted((root / "recommendations").rglob("*.yaml")):
@@ -181,11 +211,14 @@ def load_knowledge(root: Path) -> Knowledge:
             raise KnowledgeError(f"{path.name}: {exc.message} at {where}") from exc
         if data.get("enabled", True) is False:
             continue
-        if (data["hook"], data["id"]) in seen:
-            raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
-        seen.add((data["hook"], data["id"]))
-        recommendations.append(_compile_recommendation(data, path, order_facts, sources))
-    defaults = tuple(config.get("default_override_reasons", ()))
+        hooks = _hooks_of(data)
+        for hook in hooks:
+            if (hook, data["id"]) in seen:
+                raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
+            seen.add((hook, data["id"]))
+        recommendations.append(
+            _compile_recommendation(data, path, order_facts, sources, defaults, snooze_default)
+        )
     return Knowledge(
         root=root,
         services=services,
@@ -195,6 +228,7 @@ def load_knowledge(root: Path) -> Knowledge:
         default_override_reasons=defaults,
         sources=sources,
         version=knowledge_version(root),
+        snooze_returned_note=_checked_note(snooze_default.get("returned_note")),
     )
 
 
@@ -226,6 +260,26 @@ def load_sources(path: Path, schema_path: Path) -> dict[str, Source]:
         by_url[url] = key
         sources[key] = Source(key=key, label=entry["label"], url=url, year=entry["year"])
     return sources
+
+
+def _checked_note(note: Any) -> str:
+    text = str(note or "").strip()
+    try:
+        text.format(snoozed_on="", reason="", evidence="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise KnowledgeError(
+            f"config.yaml snooze.returned_note: only {{snoozed_on}}, {{reason}} and "
+            f"{{evidence}} may be used ({exc})") from exc
+    return text
+
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+
+def _hooks_of(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """``hook: order-select`` or ``hook: [order-select, order-sign]``: one rule, several hooks."""
+    hook = data["hook"]
+    return (hook,) if isinstance(hook, str) else tuple(hook)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -270,9 +324,54 @@ def _load_services(path: Path) -> dict[str, ServiceSpec]:
     return services
 
 
+def _compile_override_reasons(
+    data: Mapping[str, Any], known: frozenset[str], where: str,
+    defaults: tuple[Mapping[str, str], ...],
+) -> tuple[OverrideReasonSpec, ...]:
+    """The card's own reasons (a bare code names one of config.yaml's defaults), then the defaults
+    it does not list, unless ``default_override_reasons: false``. Unknown codes fail at load."""
+    catalogue = {d["code"]: d["display"] for d in defaults}
+    reasons: list[OverrideReasonSpec] = []
+    for entry in data.get("override_reasons", ()):
+        code = entry["code"]
+        display = entry.get("display") or catalogue.get(code)
+        if display is None:
+            raise KnowledgeError(
+                f"{where}: override reason {code!r} has no display and is not a default reason")
+        if any(r.code == code and "when" not in entry for r in reasons):
+            raise KnowledgeError(f"{where}: override reason {code!r} listed twice")
+        when = compile_condition(entry["when"], known, f"{where} override reason {code}") if (
+            "when" in entry) else None
+        reasons.append(OverrideReasonSpec(code, display, when))
+    if data.get("default_override_reasons", True):
+        listed = {r.code for r in reasons}
+        reasons.extend(OverrideReasonSpec(d["code"], d["display"]) for d in defaults
+                       if d["code"] not in listed)
+    return tuple(reasons)
+
+
+def _compile_snooze(
+    data: Mapping[str, Any], reasons: tuple[OverrideReasonSpec, ...], where: str,
+    snooze_default: Mapping[str, Any],
+) -> SnoozeSpec:
+    spec = {**snooze_default, **(data.get("snooze") or {})}
+    offered = {r.code for r in reasons}
+    wanted = frozenset(spec.get("reasons") or ())
+    if "snooze" not in data:
+        wanted = wanted & offered  # the default applies to the reasons this card offers
+    unknown = sorted(wanted - offered)
+    if unknown:
+        raise KnowledgeError(f"{where}: snooze reasons {unknown} are not override reasons of it")
+    days = int(spec.get("days", 14))
+    if wanted and days < 1:
+        raise KnowledgeError(f"{where}: snooze days must be at least 1")
+    return SnoozeSpec(wanted, days)
+
+
 def _compile_recommendation(
     data: Mapping[str, Any], path: Path, order_facts: frozenset[str],
     sources: Mapping[str, Source],
+    defaults: tuple[Mapping[str, str], ...] = (), snooze_default: Mapping[str, Any] | None = None,
 ) -> Recommendation:
     where = path.name
     unknown = [k for k in [data["source"], *data["citations"]] if k not in sources]
@@ -281,8 +380,9 @@ def _compile_recommendation(
     if data["source"] not in data["citations"]:
         raise KnowledgeError(f"{where}: the primary source must also be among the citations")
     per_order = data.get("for_each") == "selected-order"
-    if per_order and data["hook"] != "order-select":
-        raise KnowledgeError(f"{where}: for_each selected-order needs hook order-select")
+    hooks = _hooks_of(data)
+    if per_order and not set(hooks) <= ORDER_HOOKS:
+        raise KnowledgeError(f"{where}: for_each selected-order needs order-select/order-sign")
     known = PATIENT_FACT_NAMES | (order_facts if per_order else frozenset())
     try:
         when = compile_condition(data["when"], known, where)
@@ -296,6 +396,7 @@ def _compile_recommendation(
         )
         summary = _ENV.from_string(data["summary"].strip())
         detail = _ENV.from_string(data["detail"].strip())
+        override_reasons = _compile_override_reasons(data, known, where, defaults)
     except ConditionError as exc:
         raise KnowledgeError(str(exc)) from exc
     except Exception as exc:  # jinja2 TemplateSyntaxError and friends
@@ -304,7 +405,8 @@ def _compile_recommendation(
         raise KnowledgeError(f"{where}: suggestions need selection_behavior")
     return Recommendation(
         id=data["id"],
-        hook=data["hook"],
+        hook=hooks[0],
+        hooks=hooks,
         title=data["title"],
         rank=int(data.get("rank", 50)),
         per_selected_order=per_order,
@@ -317,11 +419,27 @@ def _compile_recommendation(
         source=sources[data["source"]],
         citations=tuple(sources[k] for k in data["citations"]),
         when_data=data["when"],
-        override_reasons=tuple(data.get("override_reasons", ())),
+        override_reasons=override_reasons,
         selection_behavior=data.get("selection_behavior", "at-most-one"),
         suggestions=suggestions,
         path=path,
+        snooze=_compile_snooze(data, override_reasons, where, snooze_default or {}),
+        fact_names=frozenset(_facts_read(
+            [data["when"], *(e["when"] for e in data.get("escalate", ()))]
+        )),
     )
+
+
+def _facts_read(node: Any) -> set[str]:
+    """Patient fact names a condition tree reads (``order.*`` facts belong to the order)."""
+    if isinstance(node, Mapping):
+        found = {node["fact"]} if isinstance(node.get("fact"), str) else set()
+        for value in node.values():
+            found |= _facts_read(value)
+        return {f for f in found if not f.startswith("order.")}
+    if isinstance(node, list):
+        return set().union(*(_facts_read(v) for v in node)) if node else set()
+    return set()
 
 
 def _compile_suggestion(

@@ -41,6 +41,7 @@ class RenderContext:
     # Where the service's own pages live for the EHR user (CDS_PUBLIC_BASE_URL, never the Host
     # header, which a client chooses): the card's evidence link is an absolute URL under it.
     public_base_url: str = "http://127.0.0.1:8080"
+    hook: str = ""  # templates may word order cards for order-select vs order-sign
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def _template_vars(match: RuleMatch, ctx: RenderContext) -> dict[str, Any]:
         "now": ctx.now,
         "today": ctx.now.date().isoformat(),
         "indicator": match.indicator,
+        "hook": ctx.hook,
     }
 
 
@@ -118,14 +120,13 @@ def _render(match: RuleMatch, knowledge: Knowledge, ctx: RenderContext) -> Rende
         card["selectionBehavior"] = rec.selection_behavior
         if rec.selection_behavior == "at-most-one":
             _at_most_one_recommended(suggestions)
-    reasons = list(rec.override_reasons) + [
-        r for r in knowledge.default_override_reasons
-        if r["code"] not in {o["code"] for o in rec.override_reasons}
-    ]
+    reasons: dict[str, str] = {}
+    for reason in match.override_reasons:
+        reasons.setdefault(reason.code, reason.display)
     if reasons:
         card["overrideReasons"] = [
-            {"system": OVERRIDE_REASON_SYSTEM, "code": r["code"], "display": r["display"]}
-            for r in reasons
+            {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display}
+            for code, display in reasons.items()
         ]
     card["links"] = evidence_links(rec, ctx)
     return RenderedCard(rec.id, card)

@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from cds_service.facts.model import FactView, PatientFacts, SelectedOrder
-from cds_service.knowledge.loader import Knowledge, Recommendation, SuggestionSpec
+from cds_service.knowledge.loader import (
+    Knowledge,
+    OverrideReasonSpec,
+    Recommendation,
+    SuggestionSpec,
+)
 
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
@@ -25,6 +30,7 @@ class RuleMatch:
     view: FactView
     suggestions: tuple[SuggestionSpec, ...]
     orders: tuple[SelectedOrder, ...] = ()
+    override_reasons: tuple[OverrideReasonSpec, ...] = ()
 
     @property
     def order(self) -> SelectedOrder | None:
@@ -58,7 +64,8 @@ def evaluate(
                     indicator = escalated
             suggestions = tuple(s for s in rec.suggestions if s.when is None or s.when(view))
             orders = (view.order,) if view.order is not None else ()
-            rec_matches.append(RuleMatch(rec, indicator, view, suggestions, orders))
+            reasons = tuple(r for r in rec.override_reasons if r.when is None or r.when(view))
+            rec_matches.append(RuleMatch(rec, indicator, view, suggestions, orders, reasons))
         if rec.per_selected_order and len(rec_matches) > 1 and not targets_selected_order(rec):
             rec_matches = [_fold(rec_matches)]
         matches.extend(rec_matches)
@@ -73,4 +80,6 @@ def _fold(same_rule: list[RuleMatch]) -> RuleMatch:
     keys = {s.key for m in same_rule for s in m.suggestions}
     suggestions = tuple(s for s in lead.recommendation.suggestions if s.key in keys)
     orders = tuple(o for m in same_rule for o in m.orders)
-    return replace(lead, suggestions=suggestions, orders=orders)
+    codes = {r.code for m in same_rule for r in m.override_reasons}
+    reasons = tuple(r for r in lead.recommendation.override_reasons if r.code in codes)
+    return replace(lead, suggestions=suggestions, orders=orders, override_reasons=reasons)

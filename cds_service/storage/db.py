@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +52,34 @@ class IssuedCard:
     recommendation_id: str
     indicator: str
     issued_at: datetime
+    patient_pseudonym: str | None = None
+    decision_key: str | None = None
+    evidence: str | None = None
 
 
 @dataclass(frozen=True)
+class SnoozeRecord:
+    patient_pseudonym: str
+    recommendation_id: str
+    hook: str  # the recommendation's first hook (ids repeat between patient-view and orders)
+    card_uuid: str
+    reason_code: str
+    indicator: str
+    evidence: str | None
+    snoozed_at: datetime
+    snoozed_until: datetime
+
+
+@dataclass
 class RecommendationStats:
     recommendation_id: str
-    issued: int
+    issued: int  # decisions a card was issued for
     accepted: int
     overridden: int
     override_reasons: dict[str, int]
+    decided: int = 0  # decisions with feedback (their latest feedback counts)
+    snoozed: int = 0  # overrides that started a snooze
+    cards: int = 0  # cards issued (several per decision when a hook is re-fired)
 
 
 class Database:
@@ -133,6 +152,9 @@ class Database:
                 "recommendation_id": c.recommendation_id,
                 "indicator": c.indicator,
                 "issued_at": c.issued_at,
+                "patient_pseudonym": c.patient_pseudonym,
+                "decision_key": c.decision_key,
+                "evidence": c.evidence,
             }
             for c in cards
         ]
@@ -140,44 +162,121 @@ class Database:
             with self.engine.begin() as conn:
                 conn.execute(insert(tables.issued_card), rows)
 
-    def recommendation_stats(self) -> list[RecommendationStats]:
-        stats: dict[str, RecommendationStats] = {}
+    def issued_cards(self, card_uuids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        uuids = list(dict.fromkeys(card_uuids))
+        if not uuids:
+            return {}
         with self.engine.connect() as conn:
-            issued = conn.execute(
-                select(tables.issued_card.c.recommendation_id, func.count()).group_by(
-                    tables.issued_card.c.recommendation_id
-                )
-            ).all()
-            for rec_id, count in issued:
-                stats[rec_id] = RecommendationStats(rec_id, int(count), 0, 0, {})
-            joined = conn.execute(
-                select(
-                    func.coalesce(tables.issued_card.c.recommendation_id, "(unknown card)"),
-                    tables.feedback.c.outcome,
-                    tables.feedback.c.override_reason_code,
-                ).select_from(
-                    tables.feedback.outerjoin(
-                        tables.issued_card,
-                        tables.feedback.c.card_uuid == tables.issued_card.c.card_uuid,
-                    )
-                )
-            ).all()
-        for rec_id, outcome, reason in joined:
-            current = stats.setdefault(rec_id, RecommendationStats(rec_id, 0, 0, 0, {}))
+            rows = conn.execute(
+                select(tables.issued_card).where(tables.issued_card.c.card_uuid.in_(uuids))
+            )
+            return {r.card_uuid: dict(r._mapping) for r in rows}
+
+    def decision_rows(self) -> list[dict[str, Any]]:
+        """Every issued card with its feedback (if any), for the decision report."""
+        issued, fb = tables.issued_card, tables.feedback
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(issued.c.card_uuid, issued.c.recommendation_id, issued.c.decision_key,
+                       fb.c.outcome, fb.c.override_reason_code, fb.c.outcome_timestamp)
+                .select_from(issued.outerjoin(fb, fb.c.card_uuid == issued.c.card_uuid))
+            )
+            return [dict(r._mapping) for r in rows]
+
+    # -- snooze ---------------------------------------------------------------------------------
+    def add_snooze(self, record: SnoozeRecord) -> bool:
+        """Store a snooze once per overridden card; False when it was already stored."""
+        row = {
+            "snooze_key": hashlib.sha256(record.card_uuid.encode()).hexdigest(),
+            **record.__dict__,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(tables.snooze).values(**row))
+        except IntegrityError:
+            return False
+        return True
+
+    def active_snoozes(
+        self, patient_pseudonym: str, now: datetime
+    ) -> dict[tuple[str, str], SnoozeRecord]:
+        """(hook, recommendation id) -> the latest snooze still running for this patient."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tables.snooze)
+                .where(tables.snooze.c.patient_pseudonym == patient_pseudonym,
+                       tables.snooze.c.snoozed_until > now)
+                .order_by(tables.snooze.c.snoozed_at)
+            )
+            found: dict[tuple[str, str], SnoozeRecord] = {}
+            for r in rows:
+                values = {k: v for k, v in r._mapping.items() if k != "snooze_key"}
+                values["snoozed_at"] = _utc(values["snoozed_at"])
+                values["snoozed_until"] = _utc(values["snoozed_until"])
+                found[(r.hook, r.recommendation_id)] = SnoozeRecord(**values)
+            return found
+
+    def snooze_counts(self) -> dict[str, int]:
+        snooze = tables.snooze
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(snooze.c.recommendation_id, func.count())
+                                .group_by(snooze.c.recommendation_id))
+            return {rec_id: int(n) for rec_id, n in rows}
+
+    def recommendation_stats(self) -> list[RecommendationStats]:
+        """Figures per recommendation, one decision per patient, recommendation and draft order
+        (patient-view: per day): EHRs re-fire a hook on every change, and each call issues a new
+        card. A decision's outcome is its latest feedback. Cards recorded before decision keys
+        existed count one decision each."""
+        decisions: dict[str, dict[str, Any]] = {}
+        for row in self.decision_rows():
+            key = row["decision_key"] or f"card:{row['card_uuid']}"
+            decision = decisions.setdefault(
+                key, {"rec": row["recommendation_id"], "cards": set(), "latest": None})
+            decision["cards"].add(row["card_uuid"])
+            if row["outcome"] is not None:
+                moment = _utc(row["outcome_timestamp"])
+                latest = decision["latest"]
+                if latest is None or moment >= latest[0]:
+                    decision["latest"] = (moment, row["outcome"], row["override_reason_code"])
+        for row in self.unknown_card_feedback():
+            decisions.setdefault(f"unknown:{row['card_uuid']}", {
+                "rec": "(unknown card)", "cards": set(),
+                "latest": (_utc(row["outcome_timestamp"]), row["outcome"],
+                           row["override_reason_code"])})
+        snoozed = self.snooze_counts()
+        stats: dict[str, RecommendationStats] = {}
+        for decision in decisions.values():
+            rec_id = decision["rec"]
+            current = stats.setdefault(
+                rec_id, RecommendationStats(rec_id, 0, 0, 0, {}, snoozed=snoozed.get(rec_id, 0)))
+            current.cards += len(decision["cards"])
+            if decision["cards"]:
+                current.issued += 1
+            if decision["latest"] is None:
+                continue
+            current.decided += 1
+            _, outcome, reason = decision["latest"]
             if outcome == "accepted":
-                current = RecommendationStats(
-                    rec_id, current.issued, current.accepted + 1, current.overridden,
-                    current.override_reasons,
-                )
+                current.accepted += 1
             else:
-                reasons = dict(current.override_reasons)
+                current.overridden += 1
                 label = reason or "(no reason given)"
-                reasons[label] = reasons.get(label, 0) + 1
-                current = RecommendationStats(
-                    rec_id, current.issued, current.accepted, current.overridden + 1, reasons
-                )
-            stats[rec_id] = current
+                current.override_reasons[label] = current.override_reasons.get(label, 0) + 1
         return sorted(stats.values(), key=lambda s: s.recommendation_id)
+
+    def unknown_card_feedback(self) -> list[dict[str, Any]]:
+        """Feedback on cards this database did not record, latest first per card."""
+        issued, fb = tables.issued_card, tables.feedback
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(fb.c.card_uuid, fb.c.outcome, fb.c.override_reason_code,
+                       fb.c.outcome_timestamp)
+                .select_from(fb.outerjoin(issued, fb.c.card_uuid == issued.c.card_uuid))
+                .where(issued.c.card_uuid.is_(None))
+                .order_by(fb.c.outcome_timestamp.desc())
+            )
+            return [dict(r._mapping) for r in rows]
 
     # -- JWT replay -----------------------------------------------------------------------------
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
@@ -190,6 +289,11 @@ class Database:
         except IntegrityError:
             return False
         return True
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -31,7 +31,29 @@ issued_card = Table(
     Column("recommendation_id", String(100), nullable=False),
     Column("indicator", String(20), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    # HMAC-SHA256 of the patient (never the raw id), one key per clinical decision, and the
+    # evidence the card rested on (for snooze): migration 0002.
+    Column("patient_pseudonym", String(64), nullable=True),
+    Column("decision_key", String(64), nullable=True),
+    Column("evidence", Text, nullable=True),
     Index("ix_issued_card_recommendation", "recommendation_id"),
+    Index("ix_issued_card_decision_key", "decision_key"),
+)
+
+snooze = Table(
+    "snooze",
+    metadata,
+    Column("snooze_key", String(64), primary_key=True),
+    Column("patient_pseudonym", String(64), nullable=False),
+    Column("recommendation_id", String(100), nullable=False),
+    Column("hook", String(40), nullable=False),
+    Column("card_uuid", String(64), nullable=False),
+    Column("reason_code", String(100), nullable=False),
+    Column("indicator", String(20), nullable=False),
+    Column("evidence", Text, nullable=True),
+    Column("snoozed_at", DateTime(timezone=True), nullable=False),
+    Column("snoozed_until", DateTime(timezone=True), nullable=False),
+    Index("ix_snooze_patient_recommendation", "patient_pseudonym", "recommendation_id"),
 )
 
 seen_jti = Table(

@@ -80,6 +80,7 @@ class HookRequest:
 CONTEXT_SCHEMAS = {
     "patient-view": "context-patient-view.schema.json",
     "order-select": "context-order-select.schema.json",
+    "order-sign": "context-order-sign.schema.json",
 }
 
 

@@ -9,11 +9,13 @@ import pytest
 
 from cds_service.validation.response import find_empty_members
 
-EXPECTED = {"foot-drop-patient-view": "patient-view", "foot-drop-order-select": "order-select"}
+EXPECTED = {"foot-drop-patient-view": "patient-view", "foot-drop-order-select": "order-select",
+            "foot-drop-order-sign": "order-sign"}
 # Top-level primitive context fields each hook marks as usable in prefetch tokens (Hook Library).
 TOKEN_FIELDS = {
     "patient-view": {"userId", "patientId", "encounterId"},
     "order-select": {"userId", "patientId", "encounterId"},
+    "order-sign": {"userId", "patientId", "encounterId"},
 }
 USER_TOKENS = {"userPractitionerId", "userPractitionerRoleId", "userPatientId",
                "userRelatedPersonId"}

@@ -93,10 +93,21 @@ def _codings(node: Any):
 
 
 def test_every_recommendation_loads(knowledge) -> None:
-    loaded = {(r.hook, r.id) for r in knowledge.recommendations}
+    loaded = {(r.hooks, r.id) for r in knowledge.recommendations}
     for path in REC_FILES:
         data = _load(path)
-        assert (data["hook"], data["id"]) in loaded, path.name
+        hooks = (data["hook"],) if isinstance(data["hook"], str) else tuple(data["hook"])
+        assert (hooks, data["id"]) in loaded, path.name
+
+
+def test_order_rules_are_defined_once_for_order_select_and_order_sign(knowledge) -> None:
+    order_rules = {r.id: r.hooks for r in knowledge.recommendations
+                   if r.path.parent.name == "order-select"}
+    assert set(order_rules) == {"avoid-routine-fusion", "dalfampridine-safety",
+                                "mri-priority-stat", "premature-tendon-transfer",
+                                "urgent-red-flag-evaluation"}
+    assert set(order_rules.values()) == {("order-select", "order-sign")}
+    assert {r.id for r in knowledge.for_hook("order-sign")} == set(order_rules)
 
 
 def test_patient_view_cards_are_the_ten_of_the_pathway() -> None:

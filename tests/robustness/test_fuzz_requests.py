@@ -31,7 +31,8 @@ from cds_service.fixtures import iter_fixtures
 from tests.conftest import NOW, assert_valid_cds_response
 
 FIXTURES = list(iter_fixtures(NOW))
-SERVICES = {"patient-view": "foot-drop-patient-view", "order-select": "foot-drop-order-select"}
+SERVICES = {"patient-view": "foot-drop-patient-view", "order-select": "foot-drop-order-select",
+            "order-sign": "foot-drop-order-sign"}
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 CLOSED_PORT_URL = "http://127.0.0.1:9/fhir"  # discard port: nothing listens on loopback
@@ -238,7 +239,7 @@ def hook_targets(fixture) -> dict[tuple, st.SearchStrategy]:
     }
     for key in fixture.request.get("prefetch") or {}:
         targets[("prefetch", key)] = bad_prefetch_values
-    if fixture.hook == "order-select":
+    if fixture.hook in ("order-select", "order-sign"):
         targets[("context", "draftOrders")] = bad_draft_orders
         targets[("context", "selections")] = bad_selections
         entries = fixture.request["context"]["draftOrders"].get("entry") or []
@@ -257,8 +258,8 @@ def hook_calls(draw) -> tuple[str, Any]:
     return service, draw(mutated(fixture.request, hook_targets(fixture)))
 
 
-def test_fixtures_cover_both_hooks():
-    assert {f.hook for f in FIXTURES} == set(SERVICES), "the fuzz bases need both hooks"
+def test_fixtures_cover_every_hook():
+    assert {f.hook for f in FIXTURES} == set(SERVICES), "the fuzz bases need every hook"
 
 
 @FUZZ

@@ -4,6 +4,7 @@ time), with every 200 checked as tests/conftest.py's call_service does."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -64,3 +65,36 @@ def card_ids_of(response: Any) -> set[str]:
 
 def raw(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def actions_of(card: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for s in card.get("suggestions", []) for a in s["actions"]]
+
+
+def assert_expected_actions(path: Path, cards: dict[str, dict[str, Any]]) -> None:
+    """The fixture's ``expectedActions``, if any: exactly these actions, with the ``set`` values."""
+    expected_actions = raw(path).get("expectedActions")
+    if expected_actions is None:
+        return
+    got: Counter[tuple[str, str, str]] = Counter()
+    for rec_id, card in cards.items():
+        for action in actions_of(card):
+            target = action.get("resourceId") or (
+                f"{action['resource']['resourceType']}/{action['resource']['id']}"
+                if action["type"] == "update" else action["resource"]["resourceType"]
+            )
+            got[(rec_id, action["type"], target)] += 1
+    want = Counter(
+        (e["id"], e["type"], e.get("resourceId") or e["resourceType"]) for e in expected_actions
+    )
+    assert got == want
+    for e in expected_actions:
+        if "set" not in e:
+            continue
+        resources = [
+            a["resource"] for a in actions_of(cards[e["id"]])
+            if a["type"] == e["type"] and "resource" in a
+            and (e.get("resourceId") is None
+                 or f"{a['resource']['resourceType']}/{a['resource']['id']}" == e["resourceId"])
+        ]
+        assert any(all(r.get(k) == v for k, v in e["set"].items()) for r in resources), e

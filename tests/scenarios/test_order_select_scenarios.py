@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,14 @@ import yaml
 from cds_service.fhir.record import model_class
 from cds_service.fixtures import FIXTURES_DIR, Fixture, fixture_paths, load_fixture
 from tests.conftest import NOW
-from tests.scenarios.conftest import card_ids_of, cards_by_id, raw, run_fixture
+from tests.scenarios.conftest import (
+    actions_of,
+    assert_expected_actions,
+    card_ids_of,
+    cards_by_id,
+    raw,
+    run_fixture,
+)
 
 SERVICE = "foot-drop-order-select"
 ORDER_SELECT_DIR = FIXTURES_DIR / "order-select"
@@ -28,10 +34,6 @@ PREFETCH_KEYS = set(
 
 def fixture(name: str) -> Fixture:
     return load_fixture(ORDER_SELECT_DIR / f"{name}.json", NOW)
-
-
-def actions_of(card: dict[str, Any]) -> list[dict[str, Any]]:
-    return [a for s in card.get("suggestions", []) for a in s["actions"]]
 
 
 def test_there_are_order_select_fixtures() -> None:
@@ -56,30 +58,7 @@ def test_scenario(path: Path, call_service) -> None:
             if "resource" in action:
                 model_class(action["resource"]["resourceType"]).model_validate(action["resource"])
 
-    expected_actions = raw(path).get("expectedActions")
-    if expected_actions is not None:
-        got = Counter()
-        for rec_id, card in cards.items():
-            for action in actions_of(card):
-                target = action.get("resourceId") or (
-                    f"{action['resource']['resourceType']}/{action['resource']['id']}"
-                    if action["type"] == "update" else action["resource"]["resourceType"]
-                )
-                got[(rec_id, action["type"], target)] += 1
-        want = Counter(
-            (e["id"], e["type"], e.get("resourceId") or e["resourceType"]) for e in expected_actions
-        )
-        assert got == want
-        for e in expected_actions:
-            if "set" not in e:
-                continue
-            resources = [
-                a["resource"] for a in actions_of(cards[e["id"]])
-                if a["type"] == e["type"] and "resource" in a
-                and (e.get("resourceId") is None
-                     or f"{a['resource']['resourceType']}/{a['resource']['id']}" == e["resourceId"])
-            ]
-            assert any(all(r.get(k) == v for k, v in e["set"].items()) for r in resources), e
+    assert_expected_actions(path, cards)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)

@@ -26,7 +26,8 @@ from tests.conftest import NOW
 from tests.robustness.fhir_double import misbehaving_fhir
 from tests.security.conftest import SERVICE_AUD
 
-SERVICES = {"patient-view": "foot-drop-patient-view", "order-select": "foot-drop-order-select"}
+SERVICES = {"patient-view": "foot-drop-patient-view", "order-select": "foot-drop-order-select",
+            "order-sign": "foot-drop-order-sign"}
 ACCESS_TOKEN = "SECRET-TOKEN-4f9c2e7a-access"
 FHIR_BASE = "https://fhir.leakcheck.example.org/r4"
 LOOPBACK_PATIENT_ID = "pt-leakcheck-77"  # goes into FHIR URLs on real sockets

@@ -49,7 +49,7 @@ def test_migration_creates_the_schema_on_an_empty_database(tmp_path):
     assert inspect(database.engine).get_table_names() == []
     database.migrate()
     assert set(inspect(database.engine).get_table_names()) == {
-        "alembic_version", "feedback", "issued_card", "seen_jti"}
+        "alembic_version", "feedback", "issued_card", "seen_jti", "snooze"}
     database.dispose()
 
 
