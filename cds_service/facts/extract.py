@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 from cds_service.facts.causes import CausesMixin
 from cds_service.facts.done import DoneMixin
@@ -52,6 +53,12 @@ class FactExtractor:
             self.vs(group)  # an unknown name fails at load, like every other knowledge reference
         self.order_sets = tuple(self.vs(v) for v in t["order_categories"])
         self.lab_sets = tuple(self.vs(v) for v in t["lab_categories"])
+        self.cockcroft_gault: Mapping[str, Any] = t["cockcroft_gault"]
+        self.weight_set = self.vs(self.cockcroft_gault["weight_valueset"])
+        unnamed = [c for c in (*t["localising_causes"], *t["cause_timing"])
+                   if c not in t["cause_names"]]
+        if unnamed:  # a cause the cards would list or time must have a name, checked at load
+            raise ValueError(f"cards/facts.yaml cause_names lacks {', '.join(unnamed)}")
         self.side_sets = tuple(
             (self.vs(vs_id), Side(side)) for vs_id, side in t["body_site_sides"].items()
         )
@@ -82,7 +89,7 @@ class _Extraction(FindingsMixin, CausesMixin, RedFlagsMixin, DoneMixin, RenalMix
                 f[fact] = [h.finding for h in hits]
 
         self._foot_drop(matches)
-        self._causes()
+        self._causes(matches)
         self._red_flags(matches)
         self._already_done()
         self._renal()
