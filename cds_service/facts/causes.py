@@ -46,7 +46,9 @@ class CausesMixin(StrengthMixin):
                 began = hit.finding.when
                 assert began is not None  # undated hits always fit
                 gap = (onset - began).days
-                when = f"{gap} days before" if gap >= 0 else f"{-gap} days after"
+                span = f"about {round(abs(gap) / 365.25)} years" if abs(gap) >= 730 else (
+                    f"{abs(gap)} days")
+                when = f"{span} before" if gap >= 0 else f"{span} after"
                 remote.append(Finding(
                     label=hit.finding.label,
                     reference=hit.finding.reference,
