@@ -109,6 +109,8 @@ def load_bundles_command(args: argparse.Namespace) -> int:
     paths = bundle_files(Path(args.folder))
     if not paths:
         raise cli.CliError(f"no .json or .json.gz files in {args.folder}")
+    for path in paths:
+        read_resources(path)  # a malformed file fails before anything is loaded
     session = cli.fhir_session()
     cli.wait_for_server(session, base, args.wait, progress)
     total = load_bundles(base, paths, token=args.token, batch_size=args.batch_size,
@@ -206,10 +208,13 @@ def _fire_one(app: Any, service: Any, base: str, patient_id: str, hook: str, pre
             response = app.test_client().post(f"/cds-services/{service.id}", json=body)
             status, payload = response.status_code, response.get_json(silent=True)
         else:
-            response = requests.post(f"{service_url.rstrip('/')}/cds-services/{service.id}"
-                                     if service_url else "", json=body, timeout=timeout,
-                                     headers={"Authorization": f"Bearer {service_token}"}
-                                     if service_token else {})
+            assert service_url is not None  # no in-process app only when a URL is given
+            base_url = service_url.rstrip("/")
+            if not base_url.endswith("/cds-services"):
+                base_url += "/cds-services"
+            headers = {"Authorization": f"Bearer {service_token}"} if service_token else {}
+            response = requests.post(f"{base_url}/{service.id}", json=body, headers=headers,
+                                     timeout=timeout)
             status = response.status_code
             payload = response.json() if response.content else None
     except (cli.CliError, requests.RequestException, ValueError) as exc:
