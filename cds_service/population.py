@@ -219,9 +219,12 @@ def _fire_one(app: Any, service: Any, base: str, patient_id: str, hook: str, pre
             payload = response.json() if response.content else None
     except (cli.CliError, requests.RequestException, ValueError) as exc:
         return PatientRun(patient_id, "error", time.monotonic() - started, error=cli._exc_line(exc))
+    seconds = time.monotonic() - started
+    if status != 200:
+        return PatientRun(patient_id, status, seconds, error=cli._outcome_text(None, payload))
     cards = [(cli.recommendation_id(c), str(c.get("indicator")))
-             for c in (payload or {}).get("cards") or []] if status == 200 else []
-    return PatientRun(patient_id, status, time.monotonic() - started, cards)
+             for c in (payload or {}).get("cards") or []]
+    return PatientRun(patient_id, status, seconds, cards)
 
 
 def summary(runs: Sequence[PatientRun], slowest: int = 5) -> str:
