@@ -502,6 +502,12 @@ def call_service(service_id: str, body: Mapping[str, Any], *, service_url: str |
 
 @one_line_errors
 def fire_command(args: argparse.Namespace) -> int:
+    if args.all_patients:
+        from cds_service.population import fire_all_command
+
+        return fire_all_command(args)
+    if not args.patient:
+        raise CliError("name a patient (--patient ID) or run every one (--all-patients)")
     progress = Progress(args.quiet)
     now = parse_now(args.now)
     settings = Settings.from_env()
@@ -550,7 +556,10 @@ def fire_command(args: argparse.Namespace) -> int:
 
 def _configure_fire(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fhir-server", required=True, help="FHIR R4 base URL holding the patient")
-    parser.add_argument("--patient", required=True, help="Patient id on that server")
+    parser.add_argument("--patient", help="Patient id on that server")
+    parser.add_argument("--all-patients", action="store_true",
+                        help="patient-view for every Patient on the server, with a progress bar "
+                        "and a summary (answers by status, cards by id, slowest patients)")
     parser.add_argument("--hook", choices=("patient-view", "order-select", "order-sign"),
                         default="patient-view")
     parser.add_argument("--orders", help="order-select/order-sign: a Bundle of draft orders "
@@ -1025,3 +1034,7 @@ def _configure_fixture(parser: argparse.ArgumentParser) -> None:
 
 fixture_command.configure = _configure_fixture  # type: ignore[attr-defined]
 command("fixture", "print a fixture's hook request with its dates materialised")(fixture_command)
+
+
+# load-bundles and fire --all-patients live in population.py; importing it registers them.
+import cds_service.population  # noqa: E402, F401

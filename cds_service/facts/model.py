@@ -157,6 +157,10 @@ class PatientFacts:
     peripheral_cause: bool = False
     cause_known: bool = False
     cause_unknown_or_peroneal_only: bool = False
+    # A timed cause on record that began too long before (or after) the foot drop to explain it.
+    remote_causes: bool = False
+    # The localising causes' names (facts.yaml cause_names), for the card that lists them.
+    localising_cause_names: tuple[str, ...] = ()
     chronic_axial_low_back_pain: bool = False
 
     # Red flags (recent and active only)
@@ -199,6 +203,8 @@ class PatientFacts:
     ckd_stage_3b_or_worse: bool = False
     renal_function_known: bool = False
     crcl_at_or_below_limit: bool = False
+    # crcl_latest is a Cockcroft-Gault estimate from the chart (facts.yaml cockcroft_gault).
+    crcl_estimated: bool = False
     only_egfr_available: bool = False
 
     findings: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)

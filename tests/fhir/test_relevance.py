@@ -59,8 +59,10 @@ def test_the_synthetic_chart_is_mostly_irrelevant(knowledge):
     body = _charts_module().make_request("L", "patient-view", NOW)
     record = read_patient_record(body["prefetch"].values(), body["context"]["patientId"],
                                  RelevanceFilter(knowledge))
-    assert record.stats.irrelevant > 10_000
-    assert record.stats.kept < 300
+    # Body weights (about 600 vital-sign rows in this chart) are read since issue 14: they feed
+    # the Cockcroft-Gault estimate of creatinine clearance.
+    assert record.stats.irrelevant > 9_000
+    assert record.stats.kept < 1_000
 
 
 def test_text_only_findings_in_observation_values_are_kept(knowledge):
