@@ -5,7 +5,9 @@ An EHR (and the CDS Hooks sandbox) shows the patient's name in its banner: a fix
 without one shows as "Unknown". The names are made up and derived from the patient id, so a run
 is repeatable and the same id always gets the same name. Only missing members are added, as text
 insertions, so the rest of each file (and its diff) stays as it was; a birth date is only added
-where none exists, and always makes an adult (age changes what some cards say).
+where none exists, and always makes an adult (age changes what some cards say). A fixture that
+is about a missing member (a Cockcroft-Gault estimate without sex or age) names it in its
+top-level "patientWithout" list, and that member is left out.
 
     python scripts/name-fixture-patients.py           # add what is missing
     python scripts/name-fixture-patients.py --check   # exit 1 naming any patient without them
@@ -66,8 +68,9 @@ def patients(node: Any) -> Iterator[dict[str, Any]]:
 
 def missing(path: Path) -> list[tuple[str, list[str]]]:
     data = json.loads(path.read_text(encoding="utf-8"))
-    return [(str(p.get("id")), [k for k in REQUIRED if not p.get(k)]) for p in patients(data)
-            if any(not p.get(k) for k in REQUIRED)]
+    wanted = [k for k in REQUIRED if k not in data.get("patientWithout", ())]
+    return [(str(p.get("id")), [k for k in wanted if not p.get(k)]) for p in patients(data)
+            if any(not p.get(k) for k in wanted)]
 
 
 def fix(path: Path) -> bool:

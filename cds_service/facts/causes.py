@@ -53,8 +53,8 @@ class CausesMixin(StrengthMixin):
                     label=hit.finding.label,
                     reference=hit.finding.reference,
                     when=began,
-                    detail=(f"began {when} this foot drop; a {names.get(fact, fact)} explains "
-                            f"a foot drop that begins within {window} days of it"),
+                    detail=(f"began {when} this foot drop, outside the {window}-day window for a "
+                            f"{names.get(fact, fact)}"),
                 ))
         if remote:
             v["remote_causes"] = True

@@ -89,6 +89,6 @@ def test_fes_is_not_discussed_when_no_cause_is_on_record(app_client) -> None:
     FES (it is for central causes and not for peripheral ones, and neither is known here)."""
     path = FIXTURES_DIR / "patient-view" / "fires-orthosis-left-foot-drop-no-afo.json"
     cards = {c["source"]["topic"]["code"]: c for c in _cards(path, app_client)}
-    assert "No cause is on record" in cards["localize-lesion"]["detail"]
+    assert "No cause that fits this foot drop is on record" in cards["localize-lesion"]["detail"]
     assert "FES is" not in cards["orthosis-and-rehabilitation"]["detail"]
     assert "alternative to an AFO" not in cards["orthosis-and-rehabilitation"]["detail"]
