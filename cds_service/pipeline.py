@@ -50,6 +50,8 @@ class HookResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     fetched_keys: list[str] = field(default_factory=list)
+    # the issued cards could not be recorded (database down): the cards were still answered
+    bookkeeping_skipped: bool = False
 
 
 class Pipeline:
@@ -126,8 +128,9 @@ class Pipeline:
         if self.settings.validate_responses:
             check_response(body_out)
         lap("check")
+        recorded = True
         if self.database is not None and self.settings.record_issued_cards and rendered:
-            self._record(service.id, rendered, now)
+            recorded = self._record(service.id, rendered, now)
         lap("record")
         counts = record.stats.as_fields()
         counts["cards"] = len(rendered)
@@ -142,14 +145,20 @@ class Pipeline:
             timings_ms=timings,
             counts=counts,
             fetched_keys=[k for k, s in prefetch.sources.items() if s == "fetched"],
+            bookkeeping_skipped=not recorded,
         )
 
-    def _record(self, service_id: str, rendered: list[RenderedCard], now: datetime) -> None:
+    def _record(self, service_id: str, rendered: list[RenderedCard], now: datetime) -> bool:
         try:
             self.database.record_issued(  # type: ignore[union-attr]
                 IssuedCard(r.card["uuid"], service_id, r.recommendation_id,
                            r.card["indicator"], now)
                 for r in rendered
             )
-        except Exception:  # the cards matter more than their bookkeeping
-            log_event(log, "could not record issued cards", logging.ERROR, exc_info=True)
+        except Exception as exc:  # the cards matter more than their bookkeeping
+            # No traceback: a driver's message may quote parameters (card ids are harmless,
+            # but nothing from the request should reach the logs by accident).
+            log_event(log, "bookkeeping skipped: issued cards not recorded", logging.ERROR,
+                      error=type(exc).__name__, cards=len(rendered))
+            return False
+        return True

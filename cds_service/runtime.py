@@ -7,10 +7,13 @@ the process that uses them (gunicorn workers), keyed by pid.
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 from typing import Any
 
 import requests
@@ -19,8 +22,11 @@ from requests.adapters import HTTPAdapter
 from cds_service.clock import Clock
 from cds_service.config import Settings
 from cds_service.knowledge.loader import Knowledge
+from cds_service.logs import log_event
 from cds_service.pipeline import Pipeline
 from cds_service.storage.db import Database
+
+log = logging.getLogger("cds_service.purge")
 
 
 @dataclass
@@ -49,7 +55,40 @@ class Runtime:
                     self._pipeline = Pipeline(self.settings, self.knowledge, self.clock,
                                               session, executor, self.database)
                     self._pid = os.getpid()
+                    start_purge_thread(self)
         return self._pipeline
+
+
+def start_purge_thread(runtime: Runtime) -> threading.Thread | None:
+    """Purge expired rows every CDS_PURGE_INTERVAL_SECONDS in this worker process, outside any
+    request. Every worker of every instance runs one; the deletes are idempotent, so they only
+    cost a little repeated work. The first run waits a random part of the interval, so workers
+    started together do not purge together."""
+    interval = runtime.settings.purge_interval_seconds
+    if interval <= 0:
+        return None
+
+    def loop() -> None:
+        wait = random.uniform(0, interval)
+        stop = threading.Event()
+        while not stop.wait(wait):
+            wait = interval
+            purge_once(runtime)
+
+    thread = threading.Thread(target=loop, name="purge", daemon=True)
+    thread.start()
+    return thread
+
+
+def purge_once(runtime: Runtime) -> dict[str, int] | None:
+    try:
+        deleted = runtime.database.purge(runtime.clock().astimezone(UTC),
+                                         timedelta(days=runtime.settings.retention_days))
+    except Exception as exc:  # the database may be down: try again next interval
+        log_event(log, "purge failed", logging.WARNING, error=type(exc).__name__)
+        return None
+    log_event(log, "purged expired rows", deleted=deleted)
+    return deleted
 
 
 def fetch_workers(settings: Settings, knowledge: Knowledge) -> int:

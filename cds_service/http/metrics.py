@@ -11,7 +11,9 @@ service ids are reported as ``unknown``):
   412 (the pipeline does not report the keys that were fetched in a call that then failed);
 - ``cds_fhir_fallback_failures_total{service,key,reason}``: keys that could not be obtained and
   made a call answer 412 (reason ``no-fhir-server`` etc. count here but not as calls);
-- ``cds_feedback_total{service,outcome}``: feedback entries received.
+- ``cds_feedback_total{service,outcome}``: feedback entries received;
+- ``cds_bookkeeping_skipped_total{service}``: hook calls answered with cards whose issued-card
+  record could not be written (database unavailable).
 
 Each app has its own ``CollectorRegistry`` (tests build several apps in one process). Under
 gunicorn with several workers set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory
@@ -45,6 +47,7 @@ _ENDPOINTS = {
     "/cds-services/<service_id>": "service",
     "/cds-services/<service_id>/feedback": "feedback",
     "/healthz": "health",
+    "/readyz": "readiness",
     "/metrics": "metrics",
 }
 
@@ -75,6 +78,10 @@ class Metrics:
             ["service", "key", "reason"], registry=r)
         self.feedback = Counter("cds_feedback", "Feedback entries received",
                                 ["service", "outcome"], registry=r)
+        self.bookkeeping_skipped = Counter(
+            "cds_bookkeeping_skipped",
+            "Hook calls answered whose issued cards could not be recorded (database unavailable)",
+            ["service"], registry=r)
 
     def service_label(self, service_id: str | None) -> str:
         if not service_id:
@@ -90,6 +97,8 @@ class Metrics:
                                   rendered.card.get("indicator", "")).inc()
             for key in payload.fetched_keys:
                 self.fallback_calls.labels(service, key).inc()
+            if payload.bookkeeping_skipped:
+                self.bookkeeping_skipped.labels(service).inc()
         elif event == "prefetch_failed":
             reasons = (getattr(g, "log_fields", None) or {}).get("failed_keys") or {}
             for key in payload:

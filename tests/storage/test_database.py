@@ -1,4 +1,5 @@
-"""Alembic migrations and the feedback / issued-card / JWT-id store."""
+"""Alembic migrations and the feedback / issued-card / JWT-id store, on SQLite and on a real
+PostgreSQL server (``database_url`` is parametrized over both)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'sub' / 'cds.sqlite3'}")
+def db(database_url):
+    database = Database(database_url)
     database.migrate()
     yield database
     database.dispose()
@@ -44,8 +45,8 @@ def schema(database):
     }
 
 
-def test_migration_creates_the_schema_on_an_empty_database(tmp_path):
-    database = Database(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+def test_migration_creates_the_schema_on_an_empty_database(database_url):
+    database = Database(database_url)
     assert inspect(database.engine).get_table_names() == []
     database.migrate()
     assert set(inspect(database.engine).get_table_names()) == {
@@ -53,9 +54,11 @@ def test_migration_creates_the_schema_on_an_empty_database(tmp_path):
     database.dispose()
 
 
-def test_migrated_schema_matches_the_table_definitions(db, tmp_path):
+def test_migrated_schema_matches_the_table_definitions(db, request, tmp_path):
     """The code writes through tables.py; the database is built by the migrations."""
-    from_metadata = Database(f"sqlite:///{tmp_path / 'metadata.sqlite3'}")
+    other = (request.getfixturevalue("postgres_cluster").new_database() if db.is_postgresql
+             else f"sqlite:///{tmp_path / 'metadata.sqlite3'}")
+    from_metadata = Database(other)
     tables.metadata.create_all(from_metadata.engine)
     assert schema(db) == schema(from_metadata)
     from_metadata.dispose()
@@ -71,8 +74,8 @@ def test_upgrade_is_idempotent_and_keeps_data(db):
     assert db.count_feedback() == 1
 
 
-def test_two_processes_migrating_the_same_file(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+def test_two_processes_migrating_the_same_file(database_url):
+    url = database_url
     first, second = Database(url), Database(url)
     first.migrate()
     second.migrate()
