@@ -18,6 +18,8 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
 from cds_service.clock import Clock
 from cds_service.config import Settings
@@ -117,10 +119,38 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 10)
 
 
+class StaleConnectionRetry(Retry):
+    """Retry a GET once when its connection failed before any response byte arrived.
+
+    A keep-alive connection the FHIR server has just closed (its idle timeout) fails as soon as
+    the request is written: the server sends nothing, the connection resets or ends. That is
+    not the server's answer, so the request goes again once on a new connection. Timeouts are
+    not retried (the budget is spent already, and a slow server would only be asked twice),
+    nor is anything once a response has started (``stream=True``: the body is read later,
+    outside urllib3's retry loop), nor any method but GET, nor any status.
+    """
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: Any = None, error: Exception | None = None,
+                  _pool: Any = None, _stacktrace: Any = None) -> Retry:
+        if (response is not None or error is None or method != "GET"
+                or isinstance(error, (ReadTimeoutError, ConnectTimeoutError))):
+            # what max_retries=0 does: the error surfaces as it always did
+            return Retry(0, read=False).increment(method, url, response, error, _pool,
+                                                  _stacktrace)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def stale_connection_retry() -> Retry:
+    return StaleConnectionRetry(total=1, connect=1, read=1, status=0, other=0, redirect=False,
+                                backoff_factor=0, raise_on_status=False,
+                                allowed_methods=frozenset({"GET"}))
+
+
 def new_session(settings: Settings) -> requests.Session:
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(16, settings.fhir_max_workers * 2),
-                          max_retries=0)
+                          max_retries=stale_connection_retry())
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "foot-drop-cds/0.1"
