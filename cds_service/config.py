@@ -79,8 +79,8 @@ class Settings:
     metrics_enabled: bool = field(default=True, metadata={"env": "CDS_METRICS"})
     preview_enabled: bool = field(default=True, metadata={"env": "CDS_PREVIEW"})
     # Production: several instances on one database (docs/deployment.md).
-    graceful_timeout_seconds: float = field(
-        default=20.0, metadata={"env": "CDS_GRACEFUL_TIMEOUT_SECONDS"}
+    graceful_timeout_seconds: int = field(
+        default=20, metadata={"env": "CDS_GRACEFUL_TIMEOUT_SECONDS"}
     )
     control_socket: str = field(default="", metadata={"env": "CDS_CONTROL_SOCKET"})
     retention_days: int = field(default=365, metadata={"env": "CDS_RETENTION_DAYS"})
