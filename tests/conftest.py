@@ -112,6 +112,12 @@ def new_database_url(postgres_cluster) -> str:
     return postgres_cluster.new_database()
 
 
+@pytest.fixture
+def migrated_postgres_url(postgres_cluster) -> str:
+    """A PostgreSQL database of its own for this test, already at the newest schema."""
+    return postgres_cluster.migrated_database()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
     """Storage tests run against both engines the service supports."""

@@ -41,8 +41,9 @@ def feedback_body(card: str = "card-1") -> dict:
 
 
 @pytest.fixture
-def pg_app(new_database_url):
-    app = cds_service.create_app({"database_url": new_database_url}, clock=fixed_clock(NOW))
+def pg_app(migrated_postgres_url):
+    app = cds_service.create_app({"database_url": migrated_postgres_url}, clock=fixed_clock(NOW),
+                                 migrate=False)
     yield app
     app.extensions["cds"].database.dispose()
 
@@ -53,11 +54,12 @@ def metric(client, name: str) -> float:
     return sum(float(v) for v in values)
 
 
-def test_hooks_answer_cards_without_their_bookkeeping(pg_app, postgres_cluster, new_database_url,
+def test_hooks_answer_cards_without_their_bookkeeping(pg_app, postgres_cluster,
+                                                      migrated_postgres_url,
                                                       caplog):
     client = pg_app.test_client()
     body = b.patient_view(prefetch=b.foot_drop_prefetch())
-    with database_down(postgres_cluster, new_database_url), caplog.at_level(logging.INFO):
+    with database_down(postgres_cluster, migrated_postgres_url), caplog.at_level(logging.INFO):
         response = client.post(f"/cds-services/{PATIENT_VIEW}", json=body)
         assert response.status_code == 200
         assert response.get_json()["cards"]
@@ -69,10 +71,10 @@ def test_hooks_answer_cards_without_their_bookkeeping(pg_app, postgres_cluster, 
 
 
 def test_feedback_answers_503_with_retry_after_and_is_stored_once_retried(
-        pg_app, postgres_cluster, new_database_url):
+        pg_app, postgres_cluster, migrated_postgres_url):
     client = pg_app.test_client()
     body = feedback_body()
-    with database_down(postgres_cluster, new_database_url):
+    with database_down(postgres_cluster, migrated_postgres_url):
         response = client.post(FEEDBACK, json=body)
         assert response.status_code == 503
         assert response.headers["Retry-After"].isdigit()
@@ -85,11 +87,11 @@ def test_feedback_answers_503_with_retry_after_and_is_stored_once_retried(
 
 
 def test_readiness_follows_the_database_while_liveness_does_not(pg_app, postgres_cluster,
-                                                                new_database_url):
+                                                                migrated_postgres_url):
     client = pg_app.test_client()
     assert client.get("/readyz").get_json() == {"status": "ready", "database": "ok",
                                                 "knowledge": "ok"}
-    with database_down(postgres_cluster, new_database_url):
+    with database_down(postgres_cluster, migrated_postgres_url):
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.get_json()["database"] == "unavailable"
@@ -98,16 +100,17 @@ def test_readiness_follows_the_database_while_liveness_does_not(pg_app, postgres
 
 
 def test_with_auth_required_the_replay_check_fails_closed(tmp_path, postgres_cluster,
-                                                          new_database_url):
+                                                          migrated_postgres_url):
     ehr = TestEhr(tmp_path)
     base = "http://cds.test.example"
-    app = cds_service.create_app({"database_url": new_database_url, "auth": "required",
+    app = cds_service.create_app({"database_url": migrated_postgres_url, "auth": "required",
                                   "trusted_issuers_file": ehr.issuers_file,
-                                  "public_base_url": base})  # tokens carry real times
+                                  "public_base_url": base},  # tokens carry real times
+                                 migrate=False)
     client = app.test_client()
     audience = f"{base}/cds-services/{PATIENT_VIEW}"
     body = b.patient_view(prefetch=b.foot_drop_prefetch())
-    with database_down(postgres_cluster, new_database_url):
+    with database_down(postgres_cluster, migrated_postgres_url):
         response = client.post(f"/cds-services/{PATIENT_VIEW}", json=body,
                                headers={"Authorization": f"Bearer {ehr.token(audience, 'j-1')}"})
         assert response.status_code == 503
