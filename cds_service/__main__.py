@@ -42,7 +42,11 @@ def serve(args: argparse.Namespace) -> int:
     check_bind_allowed(settings, args.host)
     from cds_service.storage.db import Database
 
-    Database(settings.database_url).migrate()  # once, before workers start
+    # once, before workers start (under a database lock: instances may start together); then
+    # closed, so no forked worker inherits a connection of the master's
+    database = Database(settings.database_url)
+    database.migrate()
+    database.dispose()
     if args.debug:
         from cds_service import create_app
 

@@ -2,6 +2,8 @@
 # Prepares what the test suite needs beyond the Python virtualenv:
 #   * node_modules of the in-memory FHIR server used by tests/integration (npm ci, from package-lock.json)
 #   * Debian's chromium for the browser tests (installed only when missing and we are root)
+#   * Debian's postgresql (a throwaway cluster per test session: tests/pg.py) and haproxy (two
+#     service instances behind it: tests/production), installed the same way
 # Idempotent: when everything is in place it only checks and exits (well under a second).
 set -euo pipefail
 
