@@ -66,7 +66,9 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def app(tmp_path: Path, settings_overrides: dict[str, Any]):
-    config = {"database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}", **settings_overrides}
+    # no purge thread: a test's rows stay until the test removes them (tests/production tests it)
+    config = {"database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+              "purge_interval_seconds": 0, **settings_overrides}
     return create_app(config, clock=fixed_clock(NOW))
 
 
