@@ -1,6 +1,17 @@
 # The foot-drop CDS service: python -m cds_service serve (gunicorn) on port 8080.
 #   docker build -t foot-drop-cds:local .
 # The same image runs the other commands (load-fixtures, feedback-report, ...).
+
+# The SMART timeline app (app/): npm ci + esbuild bundle; only app/dist goes into the image.
+FROM node:20-slim AS smart-app
+WORKDIR /build
+COPY app/package.json app/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY app/build.mjs ./
+COPY app/src ./src
+COPY app/public ./public
+RUN npm run build
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,6 +27,7 @@ COPY cds_service ./cds_service
 COPY cards ./cards
 COPY config ./config
 COPY fhir_fixtures ./fhir_fixtures
+COPY --from=smart-app /build/dist ./app/dist
 RUN pip install -e '.[postgres]' \
     && useradd --system --uid 10001 --no-create-home --home-dir /app cds \
     && mkdir -p /app/var /tmp/prometheus \

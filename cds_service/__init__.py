@@ -61,13 +61,15 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=int(settings.max_body_mb * 1024 * 1024))
     app.extensions["cds"] = runtime
 
-    from cds_service.http import auth, cors, errors, routes
+    from cds_service.http import auth, cors, errors, evidence, routes
 
     errors.register_error_handlers(app)
     routes.init_app(app)
     auth.init_app(app)
     cors.init_app(app, settings)
-    for module in ("cds_service.http.metrics", "cds_service.http.preview"):
+    evidence.init_app(app)
+    for module in ("cds_service.http.metrics", "cds_service.http.preview",
+                   "cds_service.http.smart_app"):
         _init_optional(app, module)
     log_event(log, "service ready", recommendations=len(knowledge.recommendations),
               valuesets=len(knowledge.valuesets), auth=settings.auth)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CARDS_DIR = PROJECT_ROOT / "cards"
 DEFAULT_ISSUERS_FILE = PROJECT_ROOT / "config" / "trusted-issuers.yaml"
+DEFAULT_SMART_APP_DIR = PROJECT_ROOT / "app" / "dist"
 
 AuthMode = Literal["required", "off"]
 
@@ -87,6 +88,17 @@ class Settings:
     purge_interval_seconds: float = field(
         default=3600.0, metadata={"env": "CDS_PURGE_INTERVAL_SECONDS"}
     )
+    smart_app_enabled: bool = field(default=True, metadata={"env": "CDS_SMART_APP"})
+    smart_app_dir: Path = field(default=DEFAULT_SMART_APP_DIR,
+                                metadata={"env": "CDS_SMART_APP_DIR"})
+    smart_client_id: str = field(default="foot-drop-timeline",
+                                 metadata={"env": "CDS_SMART_CLIENT_ID"})
+    # Where the app's browser code may connect besides the service itself: the EHR's FHIR
+    # server and its token endpoint (CSP connect-src sources, space separated).
+    smart_connect_src: str = field(default="https:", metadata={"env": "CDS_SMART_CONNECT_SRC"})
+    # Which EHR pages may show the app in a frame (CSP frame-ancestors sources).
+    smart_frame_ancestors: str = field(default="'self'",
+                                       metadata={"env": "CDS_SMART_FRAME_ANCESTORS"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,6 +137,11 @@ class Settings:
             raise SettingsError("CDS_FHIR_MAX_PAGES and CDS_FHIR_MAX_WORKERS must be at least 1")
         if not self.public_base_url.startswith(("http://", "https://")):
             raise SettingsError("CDS_PUBLIC_BASE_URL must be an absolute http(s) URL")
+        for name, value in (("CDS_SMART_CONNECT_SRC", self.smart_connect_src),
+                            ("CDS_SMART_FRAME_ANCESTORS", self.smart_frame_ancestors)):
+            # One CSP directive's sources: a ";" or "," would start another directive or policy.
+            if any(ch in str(value) for ch in ";,\r\n") or not str(value).strip():
+                raise SettingsError(f"{name} must be CSP sources separated by spaces")
         log_level = str(self.log_level).strip().upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError("CDS_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")

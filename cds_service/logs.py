@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +73,11 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
     return scrub(str(value))  # anything else is logged by its str(): mask that too
 
 
+# The id of the HTTP request being handled (set by the HTTP layer): every line logged while
+# handling it carries it, so a warning from deep in the pipeline can be matched to its request.
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -82,6 +88,9 @@ class JsonLineFormatter(logging.Formatter):
             "event": scrub(message if record.name.startswith("cds_service")
                            else redact_urls(message)),
         }
+        request_id = getattr(record, "request_id", None) or current_request_id.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
@@ -118,4 +127,5 @@ def log_event(
     exc_info: bool = False,
     **fields: Any,
 ) -> None:
-    logger.log(level, event, exc_info=exc_info, extra={"fields": fields})
+    logger.log(level, event, exc_info=exc_info,
+               extra={"fields": fields, "request_id": current_request_id.get()})

@@ -28,6 +28,8 @@ from cds_service.logs import log_event
 from cds_service.prefetch.fhir_client import FetchLimits
 from cds_service.prefetch.resolver import KeyFailure, resolve_prefetch
 from cds_service.render.cards import RenderContext, RenderedCard, render_cards
+from cds_service.render.links import add_timeline_link
+from cds_service.render.timeline import load_spec
 from cds_service.rules.evaluate import evaluate
 from cds_service.storage.db import Database, IssuedCard
 from cds_service.validation.request import RequestError, parse_hook_request
@@ -121,8 +123,11 @@ class Pipeline:
         lap("rules")
         rendered = render_cards(
             matches, self.knowledge,
-            RenderContext(request.patient_id, request.user_id, request.encounter_id, now),
+            RenderContext(request.patient_id, request.user_id, request.encounter_id, now,
+                          public_base_url=self.settings.public_base_url),
         )
+        if service.hook == "patient-view":
+            self._link_timeline(rendered)
         body_out: dict[str, Any] = {"cards": [r.card for r in rendered]}
         lap("render")
         if self.settings.validate_responses:
@@ -147,6 +152,32 @@ class Pipeline:
             fetched_keys=[k for k, s in prefetch.sources.items() if s == "fetched"],
             bookkeeping_skipped=not recorded,
         )
+
+    def _link_timeline(self, rendered: list[RenderedCard]) -> None:
+        label = load_spec(self.settings.cards_dir).smart_link_label
+        add_timeline_link((r.card for r in rendered), self.settings.public_base_url, label)
+
+    def patient_view_from_resources(
+        self, patient_id: str, resources: list[Any]
+    ) -> tuple[PatientFacts, list[RenderedCard]]:
+        """The patient-view pathway over resources a SMART app read with the user's token.
+
+        Same stages as :meth:`call` after prefetch (read, facts, rules, render, check), so the
+        app shows exactly the cards a patient-view hook would return. Nothing is recorded as
+        issued: these cards were shown by the app, not by the EHR."""
+        hook = "patient-view"
+        now = self.clock()
+        with deadline.budget(self.settings.compute_budget_seconds):
+            record = read_patient_record(resources, patient_id, self.relevant)
+            facts = self.extractor.extract(record, now)
+        matches = evaluate(self.knowledge, hook, facts, [])
+        rendered = render_cards(matches, self.knowledge,
+                                RenderContext(patient_id, None, None, now,
+                                              public_base_url=self.settings.public_base_url))
+        self._link_timeline(rendered)
+        if self.settings.validate_responses:
+            check_response({"cards": [r.card for r in rendered]})
+        return facts, rendered
 
     def _record(self, service_id: str, rendered: list[RenderedCard], now: datetime) -> bool:
         try:

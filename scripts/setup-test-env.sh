@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares what the test suite needs beyond the Python virtualenv:
 #   * node_modules of the in-memory FHIR server used by tests/integration (npm ci, from package-lock.json)
+#   * node_modules of the SMART timeline app (app/), and its build (app/dist, served at /app/)
 #   * Debian's chromium for the browser tests (installed only when missing and we are root)
 #   * Debian's postgresql (a throwaway cluster per test session: tests/pg.py) and haproxy (two
 #     service instances behind it: tests/production), installed the same way
@@ -28,6 +29,21 @@ if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ "$fhir_dir/package.json" -
   # engine warnings are expected: medplum declares node >= 22 but runs on 20 with --experimental-websocket
   (cd "$fhir_dir" && npm ci --no-audit --no-fund --loglevel=error)
   touch "$stamp"
+fi
+
+# --- The SMART timeline app: npm ci + esbuild bundle (same as `make app`) -------------------
+app_dir="$repo_root/app"
+app_stamp="$app_dir/node_modules/.package-lock.json"
+if [ ! -f "$app_stamp" ] || [ "$app_dir/package-lock.json" -nt "$app_stamp" ] \
+    || [ "$app_dir/package.json" -nt "$app_stamp" ]; then
+  log "installing the SMART app's packages (npm ci) in app/"
+  (cd "$app_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$app_stamp"
+fi
+built="$app_dir/dist/timeline.js"
+if [ ! -f "$built" ] || [ -n "$(find "$app_dir/src" "$app_dir/public" "$app_dir/build.mjs" "$app_stamp" -newer "$built" -print -quit)" ]; then
+  log "building the SMART app (npm run build) into app/dist"
+  (cd "$app_dir" && npm run --silent build >/dev/null)
 fi
 
 # --- Chromium for browser tests ----------------------------------------------------------

@@ -17,9 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from cds_service.facts.extract import coded_label
 from cds_service.facts.model import SelectedOrder
-from cds_service.fhir.record import normalise_quirks, refers_to_patient, validate
+from cds_service.fhir.record import model_class, normalise_quirks, refers_to_patient, validate
 from cds_service.knowledge.loader import Knowledge
 from cds_service.knowledge.valuesets import CompiledValueSet
 from cds_service.logs import log_event
@@ -396,8 +398,15 @@ def selected_orders(
             continue
         resource, concept, matched = classified[reference]
         if validate(resource) is None:
+            fields = invalid_fields(resource)
+            if fields == ["medication[x]"] and not matched:
+                # The sandbox fires order-select on an Rx form before a drug is picked: nothing
+                # to review yet, and nothing wrong with the EHR.
+                log_event(log, "selected order has no medication yet", reason="empty-draft")
+                continue
             log_event(log, "selected order is not valid FHIR R4; reviewed anyway", logging.WARNING,
-                      reason="invalid-order")
+                      reason="invalid-order", resource_type=resource.get("resourceType"),
+                      fields=fields)
         resource_type, _, resource_id = reference.partition("/")
         resource = {**resource, "id": resource_id}
         dose = dosing(resource, concept) if resource_type == "MedicationRequest" else None
@@ -420,3 +429,27 @@ def selected_orders(
             )
         )
     return orders
+
+
+_CHOICE_NAMES = re.compile(r"\['([a-zA-Z]+)'")
+
+
+def invalid_fields(resource: Mapping[str, Any]) -> list[str]:
+    """The names (never the values) of the elements that make ``resource`` invalid FHIR R4:
+    ``dosageInstruction``, ``medication[x]`` for a missing choice element."""
+    try:
+        model_class(str(resource.get("resourceType"))).model_validate(
+            normalise_quirks(dict(resource)))
+    except ValidationError as exc:
+        names = []
+        for error in exc.errors():
+            location = ".".join(str(part) for part in error["loc"]
+                                if not isinstance(part, int) and part != "root")
+            if not location:  # a choice element ([x]) none of whose forms is present
+                first = _CHOICE_NAMES.search(str(error.get("msg", "")))
+                location = re.sub(r"[A-Z].*$", "", first.group(1)) + "[x]" if first else "?"
+            names.append(location)
+        return list(dict.fromkeys(names))
+    except (KeyError, TypeError, ValueError):
+        return ["resourceType"]
+    return []

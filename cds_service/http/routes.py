@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, Unsupporte
 
 from cds_service import deadline
 from cds_service.http.errors import error_response, operation_outcome
-from cds_service.logs import log_event
+from cds_service.logs import current_request_id, log_event
 from cds_service.pipeline import PrefetchUnavailable
 from cds_service.runtime import Runtime
 from cds_service.storage.db import FeedbackEntry
@@ -207,7 +207,12 @@ def init_app(app: Flask) -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        current_request_id.set(g.request_id)
         g.log_fields = {}
+
+    @app.teardown_request
+    def forget_request_id(_exc: BaseException | None) -> None:
+        current_request_id.set(None)
 
     @app.after_request
     def finish_request(response: Response) -> Response:

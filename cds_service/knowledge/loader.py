@@ -6,6 +6,7 @@ that does not compile stops the service from starting, instead of silently never
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,6 +79,19 @@ class SuggestionSpec:
 
 
 @dataclass(frozen=True)
+class Source:
+    """One citable document from cards/sources.yaml, defined once and referred to by key."""
+
+    key: str
+    label: str
+    url: str
+    year: int
+
+    def __getitem__(self, name: str) -> str:  # templates and older callers read source["url"]
+        return str(getattr(self, name))
+
+
+@dataclass(frozen=True)
 class Recommendation:
     id: str
     hook: str
@@ -89,9 +103,10 @@ class Recommendation:
     when: CompiledCondition
     summary: Template
     detail: Template
-    source: Mapping[str, str]
-    citations: tuple[Mapping[str, str], ...]
-    links: tuple[Mapping[str, str], ...]
+    rationale: str
+    source: Source
+    citations: tuple[Source, ...]
+    when_data: Mapping[str, Any]  # the rule as written, for the evidence page
     override_reasons: tuple[Mapping[str, str], ...]
     selection_behavior: str
     suggestions: tuple[SuggestionSpec, ...]
@@ -106,6 +121,8 @@ class Knowledge:
     thresholds: Mapping[str, Any]
     recommendations: tuple[Recommendation, ...]
     default_override_reasons: tuple[Mapping[str, str], ...]
+    sources: Mapping[str, Source]
+    version: str
 
     def valueset(self, vs_id: str) -> CompiledValueSet:
         try:
@@ -152,6 +169,7 @@ def load_knowledge(root: Path) -> Knowledge:
     if unknown:
         raise KnowledgeError(f"facts.yaml selected_order_categories: unknown value sets {unknown}")
     order_facts = order_fact_names(order_categories)
+    sources = load_sources(root / "sources.yaml", root / "schema" / "sources.schema.json")
     recommendations = []
     seen: set[tuple[str, str]] = set()
     for path in sorted((root / "recommendations").rglob("*.yaml")):
@@ -166,7 +184,7 @@ def load_knowledge(root: Path) -> Knowledge:
         if (data["hook"], data["id"]) in seen:
             raise KnowledgeError(f"{path.name}: duplicate recommendation id {data['id']}")
         seen.add((data["hook"], data["id"]))
-        recommendations.append(_compile_recommendation(data, path, order_facts))
+        recommendations.append(_compile_recommendation(data, path, order_facts, sources))
     defaults = tuple(config.get("default_override_reasons", ()))
     return Knowledge(
         root=root,
@@ -175,7 +193,39 @@ def load_knowledge(root: Path) -> Knowledge:
         thresholds=thresholds,
         recommendations=tuple(recommendations),
         default_override_reasons=defaults,
+        sources=sources,
+        version=knowledge_version(root),
     )
+
+
+def knowledge_version(root: Path) -> str:
+    """A digest of every file under cards/: the evidence pages name the knowledge they show."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def load_sources(path: Path, schema_path: Path) -> dict[str, Source]:
+    """cards/sources.yaml: each source once; one URL under two keys (two labels) is an error."""
+    data = _read_yaml(path)
+    try:
+        jsonschema.validate(data, json.loads(schema_path.read_text(encoding="utf-8")))
+    except jsonschema.ValidationError as exc:
+        raise KnowledgeError(f"{path.name}: {exc.message} at {list(exc.absolute_path)}") from exc
+    sources: dict[str, Source] = {}
+    by_url: dict[str, str] = {}
+    for key, entry in data["sources"].items():
+        url = entry["url"]
+        if url in by_url:
+            raise KnowledgeError(
+                f"{path.name}: {url} is defined twice ({by_url[url]!r} and {key!r}); "
+                "one URL, one label")
+        by_url[url] = key
+        sources[key] = Source(key=key, label=entry["label"], url=url, year=entry["year"])
+    return sources
 
 
 def _read_yaml(path: Path) -> Any:
@@ -221,9 +271,15 @@ def _load_services(path: Path) -> dict[str, ServiceSpec]:
 
 
 def _compile_recommendation(
-    data: Mapping[str, Any], path: Path, order_facts: frozenset[str]
+    data: Mapping[str, Any], path: Path, order_facts: frozenset[str],
+    sources: Mapping[str, Source],
 ) -> Recommendation:
     where = path.name
+    unknown = [k for k in [data["source"], *data["citations"]] if k not in sources]
+    if unknown:
+        raise KnowledgeError(f"{where}: unknown source keys {unknown} (see cards/sources.yaml)")
+    if data["source"] not in data["citations"]:
+        raise KnowledgeError(f"{where}: the primary source must also be among the citations")
     per_order = data.get("for_each") == "selected-order"
     if per_order and data["hook"] != "order-select":
         raise KnowledgeError(f"{where}: for_each selected-order needs hook order-select")
@@ -257,9 +313,10 @@ def _compile_recommendation(
         when=when,
         summary=summary,
         detail=detail,
-        source=dict(data["source"]),
-        citations=tuple(data["citations"]),
-        links=tuple(data.get("links", ())),
+        rationale=data["rationale"].strip(),
+        source=sources[data["source"]],
+        citations=tuple(sources[k] for k in data["citations"]),
+        when_data=data["when"],
         override_reasons=tuple(data.get("override_reasons", ())),
         selection_behavior=data.get("selection_behavior", "at-most-one"),
         suggestions=suggestions,

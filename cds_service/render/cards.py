@@ -22,8 +22,10 @@ from cds_service.knowledge.loader import (
     TOPIC_SYSTEM,
     ActionSpec,
     Knowledge,
+    Recommendation,
 )
 from cds_service.logs import log_event
+from cds_service.render.text import CodeDisplays, clinical_text
 from cds_service.rules.evaluate import RuleMatch
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ class RenderContext:
     user_id: str | None
     encounter_id: str | None
     now: datetime
+    # Where the service's own pages live for the EHR user (CDS_PUBLIC_BASE_URL, never the Host
+    # header, which a client chooses): the card's evidence link is an absolute URL under it.
+    public_base_url: str = "http://127.0.0.1:8080"
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,13 @@ def _template_vars(match: RuleMatch, ctx: RenderContext) -> dict[str, Any]:
 def _render(match: RuleMatch, knowledge: Knowledge, ctx: RenderContext) -> RenderedCard:
     rec = match.recommendation
     variables = _template_vars(match, ctx)
-    summary = " ".join(rec.summary.render(variables).split())
+    words = _code_displays(knowledge)
+    summary = words.humanize(clinical_text(" ".join(rec.summary.render(variables).split())))
     if len(summary) > SUMMARY_LIMIT:
         summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"
-    detail = rec.detail.render(variables).strip()
-    citations = "\n".join(f"- [{c['label']}]({c['url']})" for c in rec.citations)
-    detail = f"{detail}\n\n**Evidence**\n\n{citations}"
+    # The evidence is behind the card's links, not in the detail: a link inside the markdown
+    # navigates the EHR's frame away and the session is lost.
+    detail = words.humanize(clinical_text(rec.detail.render(variables).strip()))
 
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
@@ -121,11 +127,37 @@ def _render(match: RuleMatch, knowledge: Knowledge, ctx: RenderContext) -> Rende
             {"system": OVERRIDE_REASON_SYSTEM, "code": r["code"], "display": r["display"]}
             for r in reasons
         ]
-    if rec.links:
-        card["links"] = [
-            {"label": link["label"], "url": link["url"], "type": "absolute"} for link in rec.links
-        ]
+    card["links"] = evidence_links(rec, ctx)
     return RenderedCard(rec.id, card)
+
+
+def evidence_url(base_url: str, recommendation_id: str) -> str:
+    return f"{base_url.rstrip('/')}/evidence/{recommendation_id}"
+
+
+def evidence_links(rec: Recommendation, ctx: RenderContext) -> list[dict[str, Any]]:
+    """The card's ``links``: the service's evidence page for the recommendation, then the primary
+    source. Other links (the SMART app) are appended by their own function."""
+    return [
+        {"label": "Evidence and sources", "url": evidence_url(ctx.public_base_url, rec.id),
+         "type": "absolute"},
+        {"label": rec.source.label, "url": rec.source.url, "type": "absolute"},
+    ]
+
+
+_DISPLAYS: dict[str, CodeDisplays] = {}
+
+
+def _code_displays(knowledge: Knowledge) -> CodeDisplays:
+    """Built once per knowledge version (the value sets do not change while it is loaded)."""
+    found = _DISPLAYS.get(knowledge.version)
+    if found is None:
+        names: dict[str, set[str]] = {}
+        for valueset in knowledge.valuesets.values():
+            for (_system, code), display in valueset.displays.items():
+                names.setdefault(code, set()).add(display)
+        found = _DISPLAYS[knowledge.version] = CodeDisplays(names)
+    return found
 
 
 def _at_most_one_recommended(suggestions: list[dict[str, Any]]) -> None:

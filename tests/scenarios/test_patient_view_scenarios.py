@@ -49,7 +49,7 @@ def test_scenario(path: Path, call_service) -> None:
     for expected in fx.expected:
         card = cards[expected["id"]]
         assert card["source"]["url"].startswith("https://")
-        assert "**Evidence**" in card["detail"]
+        assert [link["type"] for link in card["links"]][:2] == ["absolute", "absolute"]
         if "suggestionLabels" in expected:
             labels = [s["label"].lower() for s in card.get("suggestions", [])]
             wanted = [w.lower() for w in expected["suggestionLabels"]]

@@ -302,3 +302,18 @@ def test_auth_required_logs_no_such_warning(tmp_path, settings_overrides, captur
     assert any(x["event"] == "service ready" and x.get("auth") == "required"
                for x in captured_logs.lines())
     assert logging.getLogger().level <= logging.INFO
+
+
+def test_docs_show_the_rejection_log_line_the_service_writes(client, make_token, captured_logs):
+    """docs/auth.md quotes a real "JWT rejected" line: same members, level and logger."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "auth.md").read_text(encoding="utf-8")
+    documented = json.loads(next(line for line in docs.splitlines()
+                                 if line.startswith("{") and '"JWT rejected"' in line))
+    assert_unauthorized(call(client, "service", make_token(DISCOVERY_AUD),
+                             headers={"X-Request-Id": "req-7"}))
+    real = next(line for line in captured_logs.lines() if line["event"] == "JWT rejected")
+    assert set(real) == set(documented)
+    assert {k: real[k] for k in ("level", "logger", "event", "request_id")} == {
+        k: documented[k] for k in ("level", "logger", "event", "request_id")}

@@ -20,6 +20,11 @@
 //   * GET  /fhir/R4/metadata  -> a minimal CapabilityStatement.
 //   * POST /__admin/reset     -> empties the repository (204).
 //   * GET  /__admin/health    -> {"status": "ok"}.
+//   * CORS on every answer (any origin; Authorization allowed), OPTIONS preflight -> 204: the
+//     SMART timeline app reads this server from the browser.
+//   * PUT  /__admin/smart-configuration  -> stores the JSON body, then served (as SMART App Launch
+//     discovery) at GET /fhir/R4/.well-known/smart-configuration (404 until set). The browser
+//     tests point it at the OAuth 2.0 server they start (auth_server.mjs).
 
 import http from 'node:http';
 import net from 'node:net';
@@ -306,6 +311,14 @@ function capabilityStatement() {
 }
 
 let serverBase = '';
+let smartConfiguration;
+const CORS_HEADERS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Allow-Methods': 'GET, POST, PUT, PATCH, DELETE, OPTIONS',
+  'Access-Control-Allow-Headers': 'Authorization, Content-Type, Accept, Prefer, If-Match, If-None-Exist',
+  'Access-Control-Expose-Headers': 'ETag, Location, Last-Modified',
+  'Access-Control-Max-Age': '600',
+};
 
 async function handle(req, res) {
   const url = new URL(req.url ?? '/', 'http://placeholder');
@@ -316,6 +329,7 @@ async function handle(req, res) {
     if (opts.delayMs > 0) await new Promise((r) => setTimeout(r, opts.delayMs));
     const payload = body === undefined ? '' : JSON.stringify(body);
     res.writeHead(status, {
+      ...CORS_HEADERS,
       ...(body === undefined ? {} : { 'Content-Type': FHIR_JSON }),
       'Content-Length': Buffer.byteLength(payload),
       ...headers,
@@ -329,6 +343,21 @@ async function handle(req, res) {
   }
   if (url.pathname === '/__admin/health') {
     return send(200, { status: 'ok' });
+  }
+  if (method === 'OPTIONS') {
+    return send(204);
+  }
+  if (url.pathname === '/__admin/smart-configuration' && method === 'PUT') {
+    try {
+      smartConfiguration = parseBody(await readBody(req), req.headers['content-type'], false);
+    } catch (err) {
+      return send(err.status ?? 400, outcome('error', 'structure', err.message));
+    }
+    return send(204);
+  }
+  if (url.pathname === `${BASE_PATH}/.well-known/smart-configuration` && method === 'GET') {
+    if (smartConfiguration === undefined) return send(404, outcome('error', 'not-found', 'no SMART configuration set'));
+    return send(200, smartConfiguration);
   }
   if (url.pathname !== BASE_PATH && !url.pathname.startsWith(BASE_PATH + '/')) {
     return send(404, outcome('error', 'not-found', `Not found: ${url.pathname} (FHIR base is ${BASE_PATH})`));
