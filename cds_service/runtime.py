@@ -142,8 +142,11 @@ class StaleConnectionRetry(Retry):
 
 
 def stale_connection_retry() -> Retry:
+    # respect_retry_after_header off: urllib3 would otherwise retry a 503 (413, 429) that
+    # carries Retry-After; a status is the server's answer and is never retried here.
     return StaleConnectionRetry(total=1, connect=1, read=1, status=0, other=0, redirect=False,
                                 backoff_factor=0, raise_on_status=False,
+                                respect_retry_after_header=False,
                                 allowed_methods=frozenset({"GET"}))
 
 

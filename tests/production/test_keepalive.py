@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -85,3 +86,34 @@ def test_a_timeout_is_not_retried(client):
         listener.close()
         for connection in accepted:
             connection.close()
+
+
+class _Unavailable(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    calls = 0
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        type(self).calls += 1
+        self.send_response(503)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_status_is_the_servers_answer_and_is_not_retried(client):
+    """Even a 503 with Retry-After (which urllib3 would retry by default) is asked once."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/fhir"
+        body = b.with_fhir_server(b.without_prefetch(b.patient_view(), "patient"), base)
+        response = client.post(f"/cds-services/{PATIENT_VIEW}", json=body)
+        assert response.status_code == 412
+        assert "server-error" in response.get_data(as_text=True)
+        assert _Unavailable.calls == 1
+    finally:
+        server.shutdown()
+        server.server_close()
