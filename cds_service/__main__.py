@@ -1,6 +1,8 @@
 """Command line: ``python -m cds_service <command>``.
 
 serve   run the service under gunicorn (Flask's development server only with --debug)
+migrate bring the database schema to the newest revision, then exit
+purge   delete expired JWT ids and rows past CDS_RETENTION_DAYS once, then exit
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def serve(args: argparse.Namespace) -> int:
     check_bind_allowed(settings, args.host)
     from cds_service.storage.db import Database
 
-    Database(settings.database_url).migrate()  # once, before workers start
+    # once, before workers start (under a database lock: instances may start together); then
+    # closed, so no forked worker inherits a connection of the master's
+    database = Database(settings.database_url)
+    database.migrate()
+    database.dispose()
     if args.debug:
         from cds_service import create_app
 
@@ -58,7 +64,15 @@ def serve(args: argparse.Namespace) -> int:
             self.cfg.set("worker_class", f"{workers}ThreadWorker" if args.threads > 1
                          else f"{workers}SyncWorker")
             self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
+            # SIGTERM: stop accepting, let in-flight calls finish for up to this long
+            self.cfg.set("graceful_timeout", settings.graceful_timeout_seconds)
+            # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn): a
+            # second instance on the host would take it over and stopping either deletes it.
+            # None unless configured, then at the path given (one per instance).
+            if settings.control_socket:
+                self.cfg.set("control_socket", settings.control_socket)
+            else:
+                self.cfg.set("control_socket_disable", True)
             self.cfg.set("keepalive", 5)
             self.cfg.set("accesslog", None)  # our own JSON request log replaces it
             self.cfg.set("errorlog", "-")
@@ -83,6 +97,36 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
 
 serve.configure = _configure_serve  # type: ignore[attr-defined]
 command("serve", "run the service under gunicorn")(serve)
+
+
+def migrate(_args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    from cds_service.storage.db import Database
+
+    database = Database(settings.database_url)
+    database.migrate()
+    database.dispose()
+    print("database schema is at the newest revision")
+    return 0
+
+
+command("migrate", "migrate the database schema (safe to run from several instances)")(migrate)
+
+
+def purge(_args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    from datetime import UTC, datetime, timedelta
+
+    from cds_service.storage.db import Database
+
+    database = Database(settings.database_url)
+    deleted = database.purge(datetime.now(UTC), timedelta(days=settings.retention_days))
+    database.dispose()
+    print(", ".join(f"{table}: {count} deleted" for table, count in deleted.items()))
+    return 0
+
+
+command("purge", "delete expired JWT ids and rows past CDS_RETENTION_DAYS, once")(purge)
 
 
 def build_parser(*, exit_on_error: bool = True) -> argparse.ArgumentParser:

@@ -82,6 +82,15 @@ class Settings:
     log_level: str = field(default="INFO", metadata={"env": "CDS_LOG_LEVEL"})
     metrics_enabled: bool = field(default=True, metadata={"env": "CDS_METRICS"})
     preview_enabled: bool = field(default=True, metadata={"env": "CDS_PREVIEW"})
+    # Production: several instances on one database (docs/deployment.md).
+    graceful_timeout_seconds: int = field(
+        default=20, metadata={"env": "CDS_GRACEFUL_TIMEOUT_SECONDS"}
+    )
+    control_socket: str = field(default="", metadata={"env": "CDS_CONTROL_SOCKET"})
+    retention_days: int = field(default=365, metadata={"env": "CDS_RETENTION_DAYS"})
+    purge_interval_seconds: float = field(
+        default=3600.0, metadata={"env": "CDS_PURGE_INTERVAL_SECONDS"}
+    )
     smart_app_enabled: bool = field(default=True, metadata={"env": "CDS_SMART_APP"})
     smart_app_dir: Path = field(default=DEFAULT_SMART_APP_DIR,
                                 metadata={"env": "CDS_SMART_APP_DIR"})
@@ -121,6 +130,12 @@ class Settings:
         if min(self.fhir_budget_seconds, self.max_body_mb, self.fhir_max_response_mb,
                self.compute_budget_seconds, self.client_read_timeout_seconds) <= 0:
             raise SettingsError("budgets and size limits must be positive")
+        if self.graceful_timeout_seconds <= 0:
+            raise SettingsError("CDS_GRACEFUL_TIMEOUT_SECONDS must be positive")
+        if self.retention_days < 1:
+            raise SettingsError("CDS_RETENTION_DAYS must be at least 1")
+        if self.purge_interval_seconds < 0:
+            raise SettingsError("CDS_PURGE_INTERVAL_SECONDS must be 0 (no purge thread) or more")
         if self.fhir_max_pages < 1 or self.fhir_max_workers < 1:
             raise SettingsError("CDS_FHIR_MAX_PAGES and CDS_FHIR_MAX_WORKERS must be at least 1")
         if not self.public_base_url.startswith(("http://", "https://")):

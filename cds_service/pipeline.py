@@ -55,6 +55,8 @@ class HookResult:
     fetched_keys: list[str] = field(default_factory=list)
     snoozed: list[str] = field(default_factory=list)  # recommendation ids hidden by a snooze
     snooze_returned: list[str] = field(default_factory=list)  # critical, back on new evidence
+    # the issued cards could not be recorded (database down): the cards were still answered
+    bookkeeping_skipped: bool = False
 
 
 def orders_to_review(hook: str, request: HookRequest) -> tuple[str, ...]:
@@ -157,8 +159,9 @@ class Pipeline:
         if self.settings.validate_responses:
             check_response(body_out)
         lap("check")
+        recorded = True
         if self.database is not None and self.settings.record_issued_cards and rendered:
-            self._record(service.id, service.hook, rendered, matches, patient, now)
+            recorded = self._record(service.id, service.hook, rendered, matches, patient, now)
         lap("record")
         counts = record.stats.as_fields()
         counts["cards"] = len(rendered)
@@ -178,6 +181,7 @@ class Pipeline:
             fetched_keys=[k for k, s in prefetch.sources.items() if s == "fetched"],
             snoozed=snoozes.snoozed,
             snooze_returned=list(snoozes.returned),
+            bookkeeping_skipped=not recorded,
         )
 
     def _link_timeline(self, rendered: list[RenderedCard]) -> None:
@@ -208,7 +212,7 @@ class Pipeline:
         return facts, rendered
 
     def _record(self, service_id: str, hook: str, rendered: list[RenderedCard],
-                matches: list[RuleMatch], patient: str | None, now: datetime) -> None:
+                matches: list[RuleMatch], patient: str | None, now: datetime) -> bool:
         try:
             self.database.record_issued(  # type: ignore[union-attr]
                 IssuedCard(
@@ -220,5 +224,10 @@ class Pipeline:
                 )
                 for r, m in zip(rendered, matches, strict=True)
             )
-        except Exception:  # the cards matter more than their bookkeeping
-            log_event(log, "could not record issued cards", logging.ERROR, exc_info=True)
+        except Exception as exc:  # the cards matter more than their bookkeeping
+            # No traceback: a driver's message may quote parameters (card ids are harmless,
+            # but nothing from the request should reach the logs by accident).
+            log_event(log, "bookkeeping skipped: issued cards not recorded", logging.ERROR,
+                      error=type(exc).__name__, cards=len(rendered))
+            return False
+        return True

@@ -3,6 +3,8 @@
 #   * node_modules of the in-memory FHIR server used by tests/integration (npm ci, from package-lock.json)
 #   * node_modules of the SMART timeline app (app/), and its build (app/dist, served at /app/)
 #   * Debian's chromium for the browser tests (installed only when missing and we are root)
+#   * Debian's postgresql (a throwaway cluster per test session: tests/pg.py) and haproxy (two
+#     service instances behind it: tests/production), installed the same way
 # Idempotent: when everything is in place it only checks and exits (well under a second).
 set -euo pipefail
 
@@ -59,4 +61,31 @@ elif [ "$(id -u)" -eq 0 ]; then
   rm -f "$apt_log"
 else
   warn "chromium is not installed and we are not root; browser tests will not run (install Debian package 'chromium')"
+fi
+
+# --- Debian packages the production tests start themselves -------------------------------
+# postgresql: a throwaway cluster (initdb/pg_ctl) for the storage tests on a real server;
+# haproxy: the load balancer in front of two service instances (tests/production).
+apt_install() {
+  local package="$1"
+  if [ "$(id -u)" -ne 0 ]; then
+    die "Debian package '$package' is missing and we are not root: install it (apt-get install $package)"
+  fi
+  log "installing Debian package $package (apt-get)"
+  local apt_log
+  apt_log="$(mktemp)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package"; } >"$apt_log" 2>&1; then
+    tail -n 20 "$apt_log" >&2
+    rm -f "$apt_log"
+    die "apt-get install $package failed"
+  fi
+  rm -f "$apt_log"
+}
+
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  apt_install postgresql
+fi
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  apt_install haproxy
 fi

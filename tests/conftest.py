@@ -66,7 +66,9 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def app(tmp_path: Path, settings_overrides: dict[str, Any]):
-    config = {"database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}", **settings_overrides}
+    # no purge thread: a test's rows stay until the test removes them (tests/production tests it)
+    config = {"database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+              "purge_interval_seconds": 0, **settings_overrides}
     return create_app(config, clock=fixed_clock(NOW))
 
 
@@ -88,3 +90,39 @@ def call_service(client) -> Callable[..., Any]:
         return response
 
     return call
+
+
+# -- PostgreSQL: one throwaway cluster per test session, a fresh database per test -------------
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    from tests.pg import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """The cluster's maintenance database (create databases through it, do not store in it)."""
+    return postgres_cluster.url()
+
+
+@pytest.fixture
+def new_database_url(postgres_cluster) -> str:
+    """An empty PostgreSQL database of its own for this test."""
+    return postgres_cluster.new_database()
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_cluster) -> str:
+    """A PostgreSQL database of its own for this test, already at the newest schema."""
+    return postgres_cluster.migrated_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Storage tests run against both engines the service supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'cds.sqlite3'}"
+    return request.getfixturevalue("new_database_url")

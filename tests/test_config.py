@@ -95,3 +95,23 @@ def test_the_app_refuses_an_unusable_setting(tmp_path):
 
     with pytest.raises(SettingsError):
         create_app({"database_url": f"sqlite:///{tmp_path / 'x.sqlite3'}", "log_level": "loud"})
+
+
+def test_production_settings():
+    settings = Settings.from_env({"CDS_GRACEFUL_TIMEOUT_SECONDS": "25",
+                                  "CDS_CONTROL_SOCKET": "/run/cds/a.ctl",
+                                  "CDS_RETENTION_DAYS": "90", "CDS_PURGE_INTERVAL_SECONDS": "0"})
+    assert (settings.graceful_timeout_seconds, settings.control_socket,
+            settings.retention_days, settings.purge_interval_seconds) == (
+        25, "/run/cds/a.ctl", 90, 0.0)
+    assert Settings.from_env({}).control_socket == ""  # no gunicorn control socket by default
+
+
+@pytest.mark.parametrize("environ", [
+    {"CDS_GRACEFUL_TIMEOUT_SECONDS": "0"},
+    {"CDS_RETENTION_DAYS": "0"},
+    {"CDS_PURGE_INTERVAL_SECONDS": "-1"},
+])
+def test_unusable_production_settings_are_refused(environ):
+    with pytest.raises(SettingsError):
+        Settings.from_env(environ)

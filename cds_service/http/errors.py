@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
 
@@ -13,6 +14,8 @@ from cds_service.logs import log_event
 
 log = logging.getLogger("cds_service.http")
 ERROR_CODE_SYSTEM = "https://footdrop-cds.example.org/fhir/CodeSystem/error"
+# Seconds a client should wait before retrying when the database is unavailable.
+DATABASE_RETRY_AFTER_SECONDS = 5
 ISSUE_TYPES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found",
                405: "not-supported", 412: "incomplete", 413: "too-long", 415: "not-supported",
                429: "throttled", 500: "exception", 503: "transient"}
@@ -65,6 +68,20 @@ def register_error_handlers(app: Flask) -> None:
                                   messages.get(status, exc.name))
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(DBAPIError)
+    def database_unavailable(exc: DBAPIError) -> Response:
+        # The database is down, unreachable or locked. Feedback is never acknowledged without
+        # being stored, and with CDS_AUTH=required the JWT replay check fails closed: both
+        # answer 503 and the caller retries (feedback is idempotent).
+        log_event(log, "database unavailable", logging.ERROR, path=request.path,
+                  error=type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
+        g.log_fields = {**getattr(g, "log_fields", {}), "error": "database-unavailable"}
+        response = error_response(
+            503, "database-unavailable",
+            "the service's database is unavailable; nothing was stored, retry later")
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response
 
     @app.errorhandler(Exception)

@@ -16,6 +16,8 @@ service ids are reported as ``unknown``):
 - ``cds_snooze_returned_total{service,recommendation}``: snoozed critical cards shown again because
   of newer evidence;
 - ``cds_snoozes_started_total{service,recommendation}``: overrides that started a snooze.
+- ``cds_bookkeeping_skipped_total{service}``: hook calls answered with cards whose issued-card
+  record could not be written (database unavailable).
 
 Each app has its own ``CollectorRegistry`` (tests build several apps in one process). Under
 gunicorn with several workers set ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory
@@ -49,6 +51,7 @@ _ENDPOINTS = {
     "/cds-services/<service_id>": "service",
     "/cds-services/<service_id>/feedback": "feedback",
     "/healthz": "health",
+    "/readyz": "readiness",
     "/metrics": "metrics",
 }
 
@@ -87,6 +90,10 @@ class Metrics:
             ["service", "recommendation"], registry=r)
         self.snoozes_started = Counter("cds_snoozes_started", "Overrides that started a snooze",
                                        ["service", "recommendation"], registry=r)
+        self.bookkeeping_skipped = Counter(
+            "cds_bookkeeping_skipped",
+            "Hook calls answered whose issued cards could not be recorded (database unavailable)",
+            ["service"], registry=r)
 
     def service_label(self, service_id: str | None) -> str:
         if not service_id:
@@ -109,6 +116,8 @@ class Metrics:
         elif event == "snooze_started":
             for rec_id in payload:
                 self.snoozes_started.labels(service, rec_id).inc()
+            if payload.bookkeeping_skipped:
+                self.bookkeeping_skipped.labels(service).inc()
         elif event == "prefetch_failed":
             reasons = (getattr(g, "log_fields", None) or {}).get("failed_keys") or {}
             for key in payload:

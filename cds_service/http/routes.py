@@ -102,6 +102,8 @@ def call_service(service_id: str) -> Response:
         return response
     if result.snoozed or result.snooze_returned:
         g.log_fields.update(snoozed=result.snoozed, snooze_returned=result.snooze_returned)
+    if result.bookkeeping_skipped:
+        g.log_fields["bookkeeping_skipped"] = True
     g.log_fields.update(
         cards=[c.recommendation_id for c in result.cards],
         timings_ms=result.timings_ms,
@@ -159,6 +161,29 @@ def feedback(service_id: str) -> Response:
 def healthz() -> Response:
     rt = runtime()
     return jsonify({"status": "ok", "recommendations": len(rt.knowledge.recommendations)})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: the database answers and the knowledge is loaded. A load balancer or
+    Kubernetes takes an instance that is not ready out of rotation; /healthz stays liveness
+    (a database outage must not get every instance restarted)."""
+    rt = runtime()
+    checks: dict[str, str] = {}
+    try:
+        rt.database.ping()
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = "unavailable"
+        g.log_fields["database_error"] = type(exc).__name__
+    knowledge = rt.knowledge
+    checks["knowledge"] = "ok" if knowledge.services and knowledge.recommendations else "missing"
+    ready = all(v == "ok" for v in checks.values())
+    response = jsonify({"status": "ready" if ready else "not-ready", **checks})
+    response.status_code = 200 if ready else 503
+    if not ready:
+        response.headers["Retry-After"] = "5"
+    return response
 
 
 def _parse_rfc3339(value: str) -> datetime | None:

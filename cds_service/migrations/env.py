@@ -1,4 +1,5 @@
-"""Alembic environment: runs against the engine the service hands over, or the configured URL."""
+"""Alembic environment: runs on the connection the service hands over (inside its migration
+lock, see ``Database.migrate``), or on an engine for the configured URL."""
 
 from alembic import context
 from sqlalchemy import create_engine
@@ -6,11 +7,15 @@ from sqlalchemy import create_engine
 from cds_service.storage.tables import metadata
 
 config = context.config
-engine = config.attributes.get("connection_engine") or create_engine(
-    config.get_main_option("sqlalchemy.url")
-)
+connection = config.attributes.get("connection")
 
-with engine.begin() as connection:
+if connection is not None:
     context.configure(connection=connection, target_metadata=metadata)
     with context.begin_transaction():
         context.run_migrations()
+else:
+    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    with engine.begin() as own_connection:
+        context.configure(connection=own_connection, target_metadata=metadata)
+        with context.begin_transaction():
+            context.run_migrations()

@@ -2,20 +2,61 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from cds_service.storage import tables
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# pg_advisory_xact_lock key held while migrating: any constant shared by every instance
+# ("footdrop" in ASCII as a 64-bit integer).
+MIGRATION_LOCK_KEY = 0x666F6F7464726F70
+# Seconds to wait for a PostgreSQL connection before the call fails (database down, network
+# partition): a hook answers without its bookkeeping instead of hanging.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class PurgeRule:
+    """How old rows of a table leave the database: ``column`` compared with the current time
+    ("expired": the row says when it stops being needed) or with now minus the retention
+    ("retention": the row says when it was written)."""
+
+    column: str
+    kind: str  # "expired" | "retention"
+
+
+# Every table the service writes, and what the periodic purge removes from it. A new table must
+# be added here (tests/storage checks that none is missing).
+# A snooze stays until its end is past the retention too: feedback-report counts the snoozes
+# its overrides started for as long as it counts the feedback.
+PURGED: dict[str, PurgeRule] = {
+    "seen_jti": PurgeRule("expires_at", "expired"),
+    "issued_card": PurgeRule("issued_at", "retention"),
+    "feedback": PurgeRule("received_at", "retention"),
+    "snooze": PurgeRule("snoozed_until", "retention"),
+}
 
 
 @dataclass(frozen=True)
@@ -90,20 +131,71 @@ class Database:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             connect_args = {"timeout": 30, "check_same_thread": False}
+        elif url.startswith("postgresql"):
+            connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
         self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
     def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent)."""
+        """Bring the schema to the newest Alembic revision (idempotent).
+
+        Safe when several instances start together on one database: the upgrade runs under a
+        lock (a transaction-scoped advisory lock on PostgreSQL, a lock file next to a SQLite
+        file), so the first instance migrates and the others then find the schema at head.
+        """
         from alembic import command
         from alembic.config import Config
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        config.attributes["connection_engine"] = self.engine
-        command.upgrade(config, "head")
+        with self._migration_lock() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[Connection]:
+        if self.is_postgresql:
+            # Released when the transaction ends: a crashed migrator never leaves it held.
+            with self.engine.begin() as connection:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": MIGRATION_LOCK_KEY})
+                yield connection
+            return
+        lock_path = self._sqlite_file()
+        with contextlib.ExitStack() as stack:
+            if lock_path is not None:
+                handle = stack.enter_context(open(f"{lock_path}.migrate-lock", "a"))
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+            connection = stack.enter_context(self.engine.begin())
+            yield connection
+
+    def _sqlite_file(self) -> str | None:
+        if self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            return self.url.removeprefix("sqlite:///")
+        return None
+
+    def ping(self) -> None:
+        """Raise when the database cannot be reached (readiness)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def purge(self, now: datetime, retention: timedelta) -> dict[str, int]:
+        """Delete expired JWT ids and rows older than ``retention``; rows deleted per table.
+        Run by the periodic purge thread and the ``purge`` command, never inside a request."""
+        deleted: dict[str, int] = {}
+        for name, rule in PURGED.items():
+            table = tables.metadata.tables[name]
+            cutoff = now if rule.kind == "expired" else now - retention
+            with self.engine.begin() as conn:
+                result = conn.execute(delete(table).where(table.c[rule.column] < cutoff))
+            deleted[name] = int(result.rowcount or 0)
+        return deleted
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -284,11 +376,20 @@ class Database:
         key = hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
         try:
             with self.engine.begin() as conn:
-                conn.execute(delete(tables.seen_jti).where(tables.seen_jti.c.expires_at < now))
                 conn.execute(insert(tables.seen_jti).values(jti_key=key, expires_at=expires_at))
+            return True
         except IntegrityError:
-            return False
-        return True
+            pass
+        # Expired ids are deleted by the periodic purge, not here (no delete in every hook
+        # call's transaction). Until then an id whose token has expired may be taken by a new
+        # token: one conditional update, so of two concurrent callers only one gets it.
+        seen = tables.seen_jti
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(seen).where(seen.c.jti_key == key, seen.c.expires_at < now)
+                .values(expires_at=expires_at)
+            )
+        return bool(taken.rowcount)
 
 
 def _utc(moment: datetime) -> datetime:

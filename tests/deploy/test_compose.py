@@ -52,7 +52,7 @@ def port_pairs(service: dict) -> list[tuple[int, int]]:
 
 
 def test_services():
-    assert set(SERVICES) == {"cds", "postgres", "hapi", "fixtures"}
+    assert set(SERVICES) == {"cds", "postgres", "hapi", "fixtures", "cds-scaled", "haproxy"}
     assert "pgdata" in COMPOSE["volumes"]
 
 

@@ -47,7 +47,9 @@ def migrated_database(tmp_path_factory):
 def app(tmp_path, settings_overrides, migrated_database):
     """As tests/conftest.py's ``app``, on a private copy of the migrated database."""
     shutil.copyfile(migrated_database, tmp_path / "cds.sqlite3")
-    config = {"database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}", **settings_overrides}
+    # no purge thread: a test's rows stay until the test removes them (tests/production tests it)
+    config = {"database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+              "purge_interval_seconds": 0, **settings_overrides}
     return cds_service.create_app(config, clock=fixed_clock(NOW), migrate=False)
 
 

@@ -1,4 +1,5 @@
-"""POST /cds-services/{id}/feedback (checklist F1-F8): validated, stored durably and once."""
+"""POST /cds-services/{id}/feedback (checklist F1-F8): validated, stored durably and once,
+on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from datetime import timedelta
 
 import pytest
 
+import cds_service
+from cds_service.clock import fixed_clock
+from tests.conftest import NOW
 from tests.http import builders as b
+from tests.http.conftest import app as sqlite_app
 
 URL = "/cds-services/foot-drop-patient-view/feedback"
 CARD = "2d6b1a8e-6a44-4a39-9a8b-3f1c2a7d9e01"
@@ -24,6 +29,18 @@ def overridden(**reason):
     if reason:
         entry["overrideReason"] = reason
     return entry
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app(request, tmp_path, settings_overrides, migrated_database):
+    if request.param == "sqlite":
+        yield sqlite_app.__wrapped__(tmp_path, settings_overrides, migrated_database)
+        return
+    url = request.getfixturevalue("migrated_postgres_url")
+    application = cds_service.create_app({"database_url": url, **settings_overrides},
+                                         clock=fixed_clock(NOW), migrate=False)
+    yield application
+    application.extensions["cds"].database.dispose()
 
 
 def database(app):
