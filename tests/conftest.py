@@ -17,6 +17,8 @@ from cds_service.fhir.record import model_class
 from cds_service.validation.response import find_empty_members
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+# PostgreSQL needs CDS_PSEUDONYM_KEY (no key file beside a server database); tests share one.
+TEST_PSEUDONYM_KEY = "test-pseudonym-key-not-a-secret-0123456789"
 TESTS = Path(__file__).parent
 RESPONSE_SCHEMA = Draft202012Validator(
     json.loads((TESTS / "schemas" / "cds-hooks-2.0-response.schema.json").read_text())

@@ -113,11 +113,11 @@ class Metrics:
                 self.snoozed.labels(service, rec_id).inc()
             for rec_id in payload.snooze_returned:
                 self.snooze_returned.labels(service, rec_id).inc()
+            if payload.bookkeeping_skipped:
+                self.bookkeeping_skipped.labels(service).inc()
         elif event == "snooze_started":
             for rec_id in payload:
                 self.snoozes_started.labels(service, rec_id).inc()
-            if payload.bookkeeping_skipped:
-                self.bookkeeping_skipped.labels(service).inc()
         elif event == "prefetch_failed":
             reasons = (getattr(g, "log_fields", None) or {}).get("failed_keys") or {}
             for key in payload:

@@ -83,6 +83,9 @@ def test_env_names_are_settings_and_secrets_are_references():
             values[name] = item["value"]
     database = next(i for i in CONTAINER["env"] if i["name"] == "CDS_DATABASE_URL")
     assert "secretKeyRef" in database["valueFrom"]  # never the URL (with its password) itself
+    # PostgreSQL needs the pseudonym key, the same on every replica: a Secret, never a value
+    key = next(i for i in CONTAINER["env"] if i["name"] == "CDS_PSEUDONYM_KEY")
+    assert "secretKeyRef" in key["valueFrom"]
     settings = Settings.from_env(values)  # every value converts and passes the checks
     assert settings.auth == "required"
     # SIGTERM: gunicorn's grace ends before Kubernetes kills the pod

@@ -10,7 +10,7 @@ import pytest
 
 import cds_service
 from cds_service.clock import fixed_clock
-from tests.conftest import NOW
+from tests.conftest import NOW, TEST_PSEUDONYM_KEY
 from tests.http import builders as b
 from tests.http.conftest import app as sqlite_app
 
@@ -37,7 +37,8 @@ def app(request, tmp_path, settings_overrides, migrated_database):
         yield sqlite_app.__wrapped__(tmp_path, settings_overrides, migrated_database)
         return
     url = request.getfixturevalue("migrated_postgres_url")
-    application = cds_service.create_app({"database_url": url, **settings_overrides},
+    application = cds_service.create_app({"database_url": url, "pseudonym_key": TEST_PSEUDONYM_KEY,
+                                          **settings_overrides},
                                          clock=fixed_clock(NOW), migrate=False)
     yield application
     application.extensions["cds"].database.dispose()
@@ -76,7 +77,7 @@ def test_feedback_survives_a_restart(tmp_path, client, app):
 
     client.post(URL, json={"feedback": [accepted()]})
     url = app.extensions["cds"].settings.database_url
-    restarted = create_app({"database_url": url})
+    restarted = create_app({"database_url": url, "pseudonym_key": TEST_PSEUDONYM_KEY})
     assert restarted.extensions["cds"].database.count_feedback() == 1
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import cds_service
 from cds_service.clock import fixed_clock
-from tests.conftest import NOW
+from tests.conftest import NOW, TEST_PSEUDONYM_KEY
 from tests.http import builders as b
 from tests.production.ehr import TestEhr
 
@@ -42,7 +42,8 @@ def feedback_body(card: str = "card-1") -> dict:
 
 @pytest.fixture
 def pg_app(migrated_postgres_url):
-    app = cds_service.create_app({"database_url": migrated_postgres_url}, clock=fixed_clock(NOW),
+    app = cds_service.create_app({"database_url": migrated_postgres_url,
+                                   "pseudonym_key": TEST_PSEUDONYM_KEY}, clock=fixed_clock(NOW),
                                  migrate=False)
     yield app
     app.extensions["cds"].database.dispose()
@@ -104,6 +105,7 @@ def test_with_auth_required_the_replay_check_fails_closed(tmp_path, postgres_clu
     ehr = TestEhr(tmp_path)
     base = "http://cds.test.example"
     app = cds_service.create_app({"database_url": migrated_postgres_url, "auth": "required",
+                                   "pseudonym_key": TEST_PSEUDONYM_KEY,
                                   "trusted_issuers_file": ehr.issuers_file,
                                   "public_base_url": base},  # tokens carry real times
                                  migrate=False)

@@ -17,6 +17,7 @@ import requests
 from sqlalchemy import text
 
 from cds_service.storage.db import Database
+from tests.conftest import TEST_PSEUDONYM_KEY
 from tests.production.ehr import TestEhr
 from tests.production.instances import Haproxy, Instance, launch, start_haproxy, wait_ready
 
@@ -58,7 +59,8 @@ def deployment(tmp_path_factory, postgres_cluster):
     database_url = postgres_cluster.new_database()
     home = tmp / "home"  # gunicorn would put a shared control socket here by default
     home.mkdir()
-    env = {"CDS_DATABASE_URL": database_url, "CDS_AUTH": "required",
+    env = {"CDS_DATABASE_URL": database_url, "CDS_PSEUDONYM_KEY": TEST_PSEUDONYM_KEY,
+           "CDS_AUTH": "required",
            "CDS_TRUSTED_ISSUERS_FILE": str(ehr.issuers_file), "CDS_PUBLIC_BASE_URL": BASE,
            "CDS_PURGE_INTERVAL_SECONDS": "0", "HOME": str(home)}
     # started together on an empty database: both migrate, under the database lock

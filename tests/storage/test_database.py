@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import inspect, text
 
 from cds_service.storage import tables
-from cds_service.storage.db import Database, FeedbackEntry, IssuedCard
+from cds_service.storage.db import Database, FeedbackEntry, IssuedCard, SnoozeRecord
+from tests.conftest import TEST_PSEUDONYM_KEY
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -151,6 +152,7 @@ def test_instances_starting_together_migrate_an_empty_database_once(database_url
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
     env["CDS_DATABASE_URL"] = database_url
+    env["CDS_PSEUDONYM_KEY"] = TEST_PSEUDONYM_KEY
     processes = [
         subprocess.Popen([sys.executable, "-m", "cds_service", "migrate"], cwd=PROJECT_ROOT,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -185,14 +187,18 @@ def test_purge_deletes_expired_jwt_ids_and_rows_past_the_retention(db):
                       IssuedCard("new-card", "foot-drop-patient-view", "r", "info", recent)])
     db.store_feedback([entry(card_uuid="old-card")], old)
     db.store_feedback([entry(card_uuid="new-card")], recent)
+    for uuid, at in (("old-card", old), ("new-card", recent)):
+        db.add_snooze(SnoozeRecord("p", "r", "patient-view", uuid, "clinical-judgement", "info",
+                                   None, at, at + timedelta(days=14)))
 
     deleted = db.purge(NOW, timedelta(days=365))
 
-    assert deleted == {"seen_jti": 1, "issued_card": 1, "feedback": 1}
+    assert deleted == {"seen_jti": 1, "issued_card": 1, "feedback": 1, "snooze": 1}
     assert [r["card_uuid"] for r in db.feedback_rows()] == ["new-card"]
     assert not db.remember_jti("https://ehr", "live", NOW + timedelta(minutes=5), NOW)
     assert db.remember_jti("https://ehr", "expired", NOW + timedelta(minutes=5), NOW)
-    assert db.purge(NOW, timedelta(days=365)) == {"seen_jti": 0, "issued_card": 0, "feedback": 0}
+    assert db.purge(NOW, timedelta(days=365)) == {"seen_jti": 0, "issued_card": 0, "feedback": 0,
+                                                  "snooze": 0}
 
 
 def test_a_hook_calls_jwt_check_deletes_nothing(db):

@@ -11,7 +11,6 @@ import json
 import os
 import stat
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,11 +28,6 @@ ORDER_SIGN = "/cds-services/foot-drop-order-sign"
 RED_FLAG = "urgent-red-flag-evaluation"
 FIXTURE = FIXTURES_DIR / "patient-view" / "fires-urgent-bilateral-foot-drop-recent.json"
 KEY = "k" * 40
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'var' / 'cds.sqlite3'}"
 
 
 def make_app(database_url: str, now=NOW, **settings: Any):
