@@ -1,7 +1,8 @@
 """Turn prefetch values into the patient's validated resources.
 
 Resources are checked cheaply first (type, patient, relevance by code) and only the survivors are
-validated with ``fhir.resources`` (its R4B models read R4 Conditions, Observations and orders).
+decoded in full (a request's prefetch arrives as skeletons, ``selective.py``) and validated with
+``fhir.resources`` (its R4B models read R4 Conditions, Observations and orders).
 A resource that fails validation is skipped and counted, never fatal.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import deadline
+from cds_service.fhir.selective import whole_resource
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ def read_patient_record(
                 if resource.get("id") != patient_id:
                     stats.other_patient += 1
                     continue
-                valid = validate(resource, stats)
+                valid = validate(whole_resource(resource), stats)
                 if valid is None:
                     stats.invalid += 1
                     continue
@@ -192,7 +194,7 @@ def read_patient_record(
             if not is_relevant(resource):
                 stats.irrelevant += 1
                 continue
-            valid = validate(resource, stats)
+            valid = validate(whole_resource(resource), stats)
             if valid is None:
                 stats.invalid += 1
                 continue
