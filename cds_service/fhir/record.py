@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import deadline
+from cds_service.fhir.selective import is_relevant as decide_relevance
 from cds_service.fhir.selective import whole_resource
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def read_patient_record(
                 if (resource_type, rid) in seen:
                     continue  # the same resource under two prefetch keys
                 seen.add((resource_type, rid))
-            if not is_relevant(resource):
+            if not decide_relevance(resource, is_relevant):
                 stats.irrelevant += 1
                 continue
             valid = validate(whole_resource(resource), stats)

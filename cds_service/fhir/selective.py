@@ -29,52 +29,65 @@ If the relevance filter starts reading another member, add it to ``SKELETON_MEMB
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Mapping
+import threading
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 import orjson
+from msgspec.structs import astuple
 
-# Members read before a resource is decoded in full: the type, ``id`` (a Patient's identity and
-# duplicate detection), ``subject`` (whose resource it is) and every member the relevance filter
-# reads. Everything is decoded as plain JSON (``Any``), so a member of the wrong type reaches the
-# filter as it is, as it would from the full decoder.
-SKELETON_MEMBERS = (
-    "resourceType", "id", "subject",
+# Members decoded for every resource: its type, ``id`` (a Patient's identity and duplicate
+# detection) and ``subject`` (whose resource it is).
+HEAD_MEMBERS = ("resourceType", "id", "subject")
+# Members the relevance filter reads. They are kept as raw JSON: a chart repeats the same codes
+# thousands of times, so the filter's answer is remembered by their bytes (``_RelevanceMemo``) and
+# they are decoded only when that answer is not known yet.
+RELEVANCE_MEMBERS = (
     "code", "valueString", "valueCodeableConcept", "component", "bodySite", "note",
     "codeCodeableConcept", "codeReference", "medicationCodeableConcept", "medicationReference",
     "procedureCode", "description",
 )
+SKELETON_MEMBERS = HEAD_MEMBERS + RELEVANCE_MEMBERS
 
 _UNSET = msgspec.UNSET
+_ABSENT = msgspec.Raw(b"")  # an absent member: no JSON value is empty
 
 
-class _Skeleton(msgspec.Struct):
+class _Skeleton(msgspec.Struct, gc=False):
+    # Decoded as plain JSON (``Any``): a member of the wrong type reaches the checks as it is, as
+    # it would from the full decoder.
     resourceType: Any = _UNSET
     id: Any = _UNSET
     subject: Any = _UNSET
-    code: Any = _UNSET
-    valueString: Any = _UNSET
-    valueCodeableConcept: Any = _UNSET
-    component: Any = _UNSET
-    bodySite: Any = _UNSET
-    note: Any = _UNSET
-    codeCodeableConcept: Any = _UNSET
-    codeReference: Any = _UNSET
-    medicationCodeableConcept: Any = _UNSET
-    medicationReference: Any = _UNSET
-    procedureCode: Any = _UNSET
-    description: Any = _UNSET
+    code: msgspec.Raw = _ABSENT
+    valueString: msgspec.Raw = _ABSENT
+    valueCodeableConcept: msgspec.Raw = _ABSENT
+    component: msgspec.Raw = _ABSENT
+    bodySite: msgspec.Raw = _ABSENT
+    note: msgspec.Raw = _ABSENT
+    codeCodeableConcept: msgspec.Raw = _ABSENT
+    codeReference: msgspec.Raw = _ABSENT
+    medicationCodeableConcept: msgspec.Raw = _ABSENT
+    medicationReference: msgspec.Raw = _ABSENT
+    procedureCode: msgspec.Raw = _ABSENT
+    description: msgspec.Raw = _ABSENT
 
 
 assert _Skeleton.__struct_fields__ == SKELETON_MEMBERS
+_HEAD_COUNT = len(HEAD_MEMBERS)
 
 
-class _Entry(msgspec.Struct):
+class _Entry(msgspec.Struct, gc=False):
     resource: msgspec.Raw | msgspec.UnsetType = _UNSET
 
 
-class _Bundle(msgspec.Struct):
+class _SkeletonEntry(msgspec.Struct, gc=False):
+    resource: _Skeleton | msgspec.UnsetType = _UNSET
+
+
+class _Bundle(msgspec.Struct, gc=False):
     resourceType: Any = _UNSET
     id: Any = _UNSET
     type: Any = _UNSET
@@ -82,7 +95,11 @@ class _Bundle(msgspec.Struct):
     entry: list[_Entry] | msgspec.UnsetType = _UNSET
 
 
-class _HookBody(msgspec.Struct):
+class _SkeletonBundle(msgspec.Struct, gc=False):
+    entry: list[_SkeletonEntry] | msgspec.UnsetType = _UNSET
+
+
+class _HookBody(msgspec.Struct, gc=False):
     """The members of a CDS Hooks request the service reads (others are ignored, as before)."""
 
     hook: Any = _UNSET
@@ -97,45 +114,79 @@ class _HookBody(msgspec.Struct):
 _body_decoder = msgspec.json.Decoder(_HookBody)
 _bundle_decoder = msgspec.json.Decoder(_Bundle)
 _skeleton_decoder = msgspec.json.Decoder(_Skeleton)
+_skeleton_bundle_decoder = msgspec.json.Decoder(_SkeletonBundle)
 _UTF8_CHUNK = 1 << 16
 
 
-class SkeletonResource(Mapping[str, Any]):
-    """A resource whose skeleton members are decoded and whose whole JSON is kept as bytes.
+class SkeletonResource(dict[str, Any]):
+    """A resource of which only ``HEAD_MEMBERS`` are decoded (they are its items); the members the
+    relevance filter reads and the whole resource are kept as raw JSON.
 
-    Reads like the resource for the skeleton members; :meth:`whole` decodes all of it.
+    A dict, so the patient and duplicate checks read it at dict speed; relevance is decided by
+    :func:`is_relevant` and the resource is decoded by :func:`whole_resource`, never read directly.
     """
 
-    __slots__ = ("_members", "_raw")
+    __slots__ = ("raw", "raw_members")
 
-    def __init__(self, members: dict[str, Any], raw: msgspec.Raw) -> None:
-        self._members = members
-        self._raw = raw
+    def __init__(self, head: dict[str, Any], raw_members: tuple[bytes, ...], raw: msgspec.Raw,
+                 ) -> None:
+        super().__init__(head)
+        self.raw = raw
+        self.raw_members = raw_members  # in RELEVANCE_MEMBERS order, b"" where absent
 
-    def whole(self) -> Any:
-        return _loads(self._raw)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._members.get(key, default)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._members[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._members)
-
-    def __len__(self) -> int:
-        return len(self._members)
+    def relevance_members(self) -> dict[str, Any]:
+        """What the relevance filter reads, as the full decoder gives it."""
+        members: dict[str, Any] = {"resourceType": self.get("resourceType")}
+        for name, raw in zip(RELEVANCE_MEMBERS, self.raw_members, strict=True):
+            if raw:
+                members[name] = _loads(raw)
+        return members
 
     def __repr__(self) -> str:  # never the patient data itself
-        return f"SkeletonResource({self._members.get('resourceType')!r})"
+        return f"SkeletonResource({self.get('resourceType')!r})"
 
 
 def whole_resource(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     """The resource fully decoded (a no-op for one that already is)."""
     if type(resource) is SkeletonResource:
-        return resource.whole()
+        return _loads(resource.raw)
     return resource
+
+
+class _RelevanceMemo:
+    """A relevance filter's answers by the bytes of the members it reads (a pure function of
+    them). Bounded: emptied when full; long members (free text rarely repeats) are not kept."""
+
+    MAX_ENTRIES = 50_000
+    MAX_KEY_BYTES = 2_048
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[Any, ...], bool] = {}
+
+
+_memos: weakref.WeakKeyDictionary[Any, _RelevanceMemo] = weakref.WeakKeyDictionary()
+_memos_lock = threading.Lock()
+
+
+def is_relevant(
+    resource: Mapping[str, Any], relevance_filter: Callable[[Mapping[str, Any]], bool]
+) -> bool:
+    """``relevance_filter(resource)``, for a skeleton from its members' bytes."""
+    if type(resource) is not SkeletonResource:
+        return relevance_filter(resource)
+    memo = _memos.get(relevance_filter)
+    if memo is None:
+        with _memos_lock:
+            memo = _memos.setdefault(relevance_filter, _RelevanceMemo())
+    key = (resource.get("resourceType"), resource.raw_members)
+    answer = memo.answers.get(key)
+    if answer is None:
+        answer = relevance_filter(resource.relevance_members())
+        if sum(map(len, resource.raw_members)) <= memo.MAX_KEY_BYTES:
+            if len(memo.answers) >= memo.MAX_ENTRIES:
+                memo.answers.clear()
+            memo.answers[key] = answer
+    return answer
 
 
 class MalformedJSON(ValueError):
@@ -177,14 +228,23 @@ def decode_prefetch_value(raw: msgspec.Raw) -> Any:
         for name in ("resourceType", "id", "type", "link")
         if getattr(bundle, name) is not _UNSET
     }
-    if bundle.entry is not _UNSET:
-        entries: list[dict[str, Any]] = []
-        for entry in bundle.entry:
-            if entry.resource is _UNSET:
-                entries.append({})
-                continue
+    if bundle.entry is _UNSET:
+        return value
+    try:
+        skeletons = _skeleton_bundle_decoder.decode(raw).entry
+    except msgspec.ValidationError:
+        skeletons = None  # a resource that is not an object: entry by entry
+    entries: list[dict[str, Any]] = []
+    for index, entry in enumerate(bundle.entry):
+        if entry.resource is _UNSET:
+            entries.append({})
+        elif skeletons is None:
             entries.append({"resource": _skeleton_of(entry.resource)})
-        value["entry"] = entries
+        else:
+            skeleton = skeletons[index].resource
+            assert skeleton is not _UNSET
+            entries.append({"resource": _resource_from(skeleton, entry.resource)})
+    value["entry"] = entries
     return value
 
 
@@ -193,14 +253,16 @@ def _skeleton_of(raw: msgspec.Raw) -> Any:
         skeleton = _skeleton_decoder.decode(raw)
     except msgspec.ValidationError:
         return _loads(raw)  # not an object: as it is
+    return _resource_from(skeleton, raw)
+
+
+def _resource_from(skeleton: _Skeleton, raw: msgspec.Raw) -> Any:
     if skeleton.resourceType == "Bundle":
         return decode_prefetch_value(raw)  # a Bundle inside a Bundle is read through
-    members = {
-        name: value
-        for name in SKELETON_MEMBERS
-        if (value := getattr(skeleton, name)) is not _UNSET
-    }
-    return SkeletonResource(members, raw)
+    fields = astuple(skeleton)
+    head = {name: value for name, value in zip(HEAD_MEMBERS, fields, strict=False)
+            if value is not _UNSET}
+    return SkeletonResource(head, tuple(map(bytes, fields[_HEAD_COUNT:])), raw)
 
 
 def _loads(raw: bytes | bytearray | memoryview | msgspec.Raw) -> Any:
