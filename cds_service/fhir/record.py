@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import deadline
+from cds_service.fhir.selective import UNSET, Skeleton, SkeletonEntry, whole_resource
 from cds_service.fhir.selective import is_relevant as decide_relevance
-from cds_service.fhir.selective import whole_resource
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ def iter_resources(value: Any) -> Iterable[Mapping[str, Any]]:
         entries = value.get("entry")
         if isinstance(entries, list):
             for entry in entries:
+                if type(entry) is SkeletonEntry:  # a skeleton's resource is never a Bundle
+                    if entry.resource is not UNSET:
+                        yield entry.resource
+                    continue
                 # dicts (what orjson makes) skip the slower abstract-base-class check
                 if isinstance(entry, (dict, Mapping)):
                     resource = entry.get("resource")
@@ -170,9 +174,12 @@ def read_patient_record(
     for value in values:
         for resource in iter_resources(value):
             deadline.check()
-            resource_type = resource.get("resourceType")
+            if type(resource) is Skeleton:  # attributes: what .get reads, minus a call
+                resource_type, rid = resource.resourceType, resource.id
+            else:
+                resource_type, rid = resource.get("resourceType"), resource.get("id")
             if resource_type == "Patient":
-                if resource.get("id") != patient_id:
+                if rid != patient_id:
                     stats.other_patient += 1
                     continue
                 valid = validate(whole_resource(resource), stats)
@@ -187,7 +194,6 @@ def read_patient_record(
             if not refers_to_patient(resource.get(_PATIENT_FIELDS[resource_type]), patient_id):
                 stats.other_patient += 1
                 continue
-            rid = resource.get("id")
             if isinstance(rid, str):
                 if (resource_type, rid) in seen:
                     continue  # the same resource under two prefetch keys

@@ -8,8 +8,9 @@ the service does. So the request body is decoded in layers (msgspec typed decodi
 2. a prefetch Bundle as its skeleton: ``resourceType``, ``id``, ``type``, ``link`` and, per entry,
    the resource as raw JSON bytes; any other prefetch value (a read, an OperationOutcome, a list or
    a number the request check rejects) in full;
-3. each entry's resource as a :class:`SkeletonResource`: only the members that the patient check,
-   the duplicate check and the relevance filter read (``SKELETON_MEMBERS``), built in full;
+3. each entry's resource as a :class:`Skeleton`: its type, ``id`` and ``subject`` decoded, the
+   members the relevance filter reads kept as raw JSON (the filter's answer is remembered by their
+   bytes, and they are decoded only when it is not known), the whole resource kept as raw JSON;
 4. the resources that survive those checks are decoded in full from their bytes (orjson) and
    validated with ``fhir.resources`` exactly as before (``record.read_patient_record``).
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 import codecs
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -42,22 +43,32 @@ from msgspec.structs import astuple
 # detection) and ``subject`` (whose resource it is).
 HEAD_MEMBERS = ("resourceType", "id", "subject")
 # Members the relevance filter reads. They are kept as raw JSON: a chart repeats the same codes
-# thousands of times, so the filter's answer is remembered by their bytes (``_RelevanceMemo``) and
+# thousands of times, so the filter's answer is remembered by their bytes (``is_relevant``) and
 # they are decoded only when that answer is not known yet.
 RELEVANCE_MEMBERS = (
     "code", "valueString", "valueCodeableConcept", "component", "bodySite", "note",
     "codeCodeableConcept", "codeReference", "medicationCodeableConcept", "medicationReference",
     "procedureCode", "description",
 )
-SKELETON_MEMBERS = HEAD_MEMBERS + RELEVANCE_MEMBERS
 
-_UNSET = msgspec.UNSET
+UNSET = _UNSET = msgspec.UNSET
 _ABSENT = msgspec.Raw(b"")  # an absent member: no JSON value is empty
+_HEAD_COUNT = len(HEAD_MEMBERS)
+_RELEVANCE_END = _HEAD_COUNT + len(RELEVANCE_MEMBERS)
 
 
-class _Skeleton(msgspec.Struct, gc=False):
-    # Decoded as plain JSON (``Any``): a member of the wrong type reaches the checks as it is, as
-    # it would from the full decoder.
+class Skeleton(msgspec.Struct, gc=False):
+    """A resource of which only ``HEAD_MEMBERS`` are decoded; the members the relevance filter
+    reads and the whole resource are kept as raw JSON.
+
+    A read-only mapping of its head members (what the type, patient and duplicate checks read);
+    relevance is decided by :func:`is_relevant` and the resource decoded by
+    :func:`whole_resource`. Not reference-tracked (``gc=False``): it holds no cycles, and tracking
+    ten thousand of them made the garbage collector the largest cost of a large request.
+    """
+
+    # Head members: plain JSON (``Any``), so a member of the wrong type reaches the checks as it
+    # is, as it would from the full decoder.
     resourceType: Any = _UNSET
     id: Any = _UNSET
     subject: Any = _UNSET
@@ -73,18 +84,78 @@ class _Skeleton(msgspec.Struct, gc=False):
     medicationReference: msgspec.Raw = _ABSENT
     procedureCode: msgspec.Raw = _ABSENT
     description: msgspec.Raw = _ABSENT
+    # The whole resource, set after decoding (a JSON member by this name is overwritten).
+    whole: msgspec.Raw = msgspec.field(default=_ABSENT, name="__selective_whole__")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in HEAD_MEMBERS:
+            value = getattr(self, key)
+            return default if value is _UNSET else value
+        return default
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _UNSET)
+        if value is _UNSET:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in HEAD_MEMBERS if getattr(self, name) is not _UNSET)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _UNSET) is not _UNSET
+
+    def relevance_key(self) -> tuple[bytes, ...]:
+        """The bytes of the members the relevance filter reads, in RELEVANCE_MEMBERS order."""
+        return tuple(map(bytes, astuple(self)[_HEAD_COUNT:_RELEVANCE_END]))
+
+    def relevance_members(self) -> dict[str, Any]:
+        """What the relevance filter reads, as the full decoder gives it."""
+        members: dict[str, Any] = {}
+        if self.resourceType is not _UNSET:
+            members["resourceType"] = self.resourceType
+        for name in RELEVANCE_MEMBERS:
+            raw = getattr(self, name)
+            if raw is not _ABSENT:
+                members[name] = _loads(raw)
+        return members
+
+    def __repr__(self) -> str:  # never the patient data itself
+        return f"Skeleton({self.resourceType!r})"
 
 
-assert _Skeleton.__struct_fields__ == SKELETON_MEMBERS
-_HEAD_COUNT = len(HEAD_MEMBERS)
+class SkeletonEntry(msgspec.Struct, gc=False):
+    """A Bundle entry of a skeleton: reads like ``{"resource": <Skeleton>}``."""
+
+    resource: Skeleton | msgspec.UnsetType = _UNSET
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "resource" and self.resource is not _UNSET:
+            return self.resource
+        return default
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _UNSET)
+        if value is _UNSET:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("resource",) if self.resource is not _UNSET else ())
+
+    def __len__(self) -> int:
+        return 0 if self.resource is _UNSET else 1
 
 
-class _Entry(msgspec.Struct, gc=False):
+Mapping.register(Skeleton)
+Mapping.register(SkeletonEntry)
+
+
+class _RawEntry(msgspec.Struct, gc=False):
     resource: msgspec.Raw | msgspec.UnsetType = _UNSET
-
-
-class _SkeletonEntry(msgspec.Struct, gc=False):
-    resource: _Skeleton | msgspec.UnsetType = _UNSET
 
 
 class _Bundle(msgspec.Struct, gc=False):
@@ -92,11 +163,11 @@ class _Bundle(msgspec.Struct, gc=False):
     id: Any = _UNSET
     type: Any = _UNSET
     link: Any = _UNSET
-    entry: list[_Entry] | msgspec.UnsetType = _UNSET
+    entry: list[SkeletonEntry] | msgspec.UnsetType = _UNSET
 
 
-class _SkeletonBundle(msgspec.Struct, gc=False):
-    entry: list[_SkeletonEntry] | msgspec.UnsetType = _UNSET
+class _RawBundle(msgspec.Struct, gc=False):
+    entry: list[_RawEntry] | msgspec.UnsetType = _UNSET
 
 
 class _HookBody(msgspec.Struct, gc=False):
@@ -113,43 +184,15 @@ class _HookBody(msgspec.Struct, gc=False):
 
 _body_decoder = msgspec.json.Decoder(_HookBody)
 _bundle_decoder = msgspec.json.Decoder(_Bundle)
-_skeleton_decoder = msgspec.json.Decoder(_Skeleton)
-_skeleton_bundle_decoder = msgspec.json.Decoder(_SkeletonBundle)
+_raw_bundle_decoder = msgspec.json.Decoder(_RawBundle)
+_skeleton_decoder = msgspec.json.Decoder(Skeleton)
 _UTF8_CHUNK = 1 << 16
-
-
-class SkeletonResource(dict[str, Any]):
-    """A resource of which only ``HEAD_MEMBERS`` are decoded (they are its items); the members the
-    relevance filter reads and the whole resource are kept as raw JSON.
-
-    A dict, so the patient and duplicate checks read it at dict speed; relevance is decided by
-    :func:`is_relevant` and the resource is decoded by :func:`whole_resource`, never read directly.
-    """
-
-    __slots__ = ("raw", "raw_members")
-
-    def __init__(self, head: dict[str, Any], raw_members: tuple[bytes, ...], raw: msgspec.Raw,
-                 ) -> None:
-        super().__init__(head)
-        self.raw = raw
-        self.raw_members = raw_members  # in RELEVANCE_MEMBERS order, b"" where absent
-
-    def relevance_members(self) -> dict[str, Any]:
-        """What the relevance filter reads, as the full decoder gives it."""
-        members: dict[str, Any] = {"resourceType": self.get("resourceType")}
-        for name, raw in zip(RELEVANCE_MEMBERS, self.raw_members, strict=True):
-            if raw:
-                members[name] = _loads(raw)
-        return members
-
-    def __repr__(self) -> str:  # never the patient data itself
-        return f"SkeletonResource({self.get('resourceType')!r})"
 
 
 def whole_resource(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     """The resource fully decoded (a no-op for one that already is)."""
-    if type(resource) is SkeletonResource:
-        return _loads(resource.raw)
+    if type(resource) is Skeleton:
+        return _loads(resource.whole)
     return resource
 
 
@@ -171,18 +214,19 @@ _memos_lock = threading.Lock()
 def is_relevant(
     resource: Mapping[str, Any], relevance_filter: Callable[[Mapping[str, Any]], bool]
 ) -> bool:
-    """``relevance_filter(resource)``, for a skeleton from its members' bytes."""
-    if type(resource) is not SkeletonResource:
+    """``relevance_filter(resource)``; for a skeleton, from its members' bytes."""
+    if type(resource) is not Skeleton:
         return relevance_filter(resource)
     memo = _memos.get(relevance_filter)
     if memo is None:
         with _memos_lock:
             memo = _memos.setdefault(relevance_filter, _RelevanceMemo())
-    key = (resource.get("resourceType"), resource.raw_members)
+    members = resource.relevance_key()
+    key = (resource.resourceType, members)
     answer = memo.answers.get(key)
     if answer is None:
         answer = relevance_filter(resource.relevance_members())
-        if sum(map(len, resource.raw_members)) <= memo.MAX_KEY_BYTES:
+        if sum(map(len, members)) <= memo.MAX_KEY_BYTES:
             if len(memo.answers) >= memo.MAX_ENTRIES:
                 memo.answers.clear()
             memo.answers[key] = answer
@@ -195,8 +239,8 @@ class MalformedJSON(ValueError):
 
 def decode_hook_body(raw: bytes | bytearray | memoryview) -> Any:
     """The request body as the full decoder would give it, except that prefetch Bundles hold
-    :class:`SkeletonResource` entries. Raises :class:`MalformedJSON` exactly when
-    ``orjson.loads`` would refuse the body (see the module note on numbers)."""
+    :class:`Skeleton` resources. Raises :class:`MalformedJSON` exactly when ``orjson.loads``
+    would refuse the body (see the module note on numbers)."""
     _check_utf8(raw)
     try:
         head = _body_decoder.decode(raw)
@@ -220,7 +264,8 @@ def decode_prefetch_value(raw: msgspec.Raw) -> Any:
     try:
         bundle = _bundle_decoder.decode(raw)
     except msgspec.ValidationError:
-        return _loads(raw)  # not an object, or an entry list of an unexpected shape
+        # not an object, or an entry or resource that is not an object: as it is
+        return _loads(raw)
     if bundle.resourceType != "Bundle":
         return _loads(raw)  # a read (Patient/123) or an OperationOutcome: small
     value: dict[str, Any] = {
@@ -230,39 +275,18 @@ def decode_prefetch_value(raw: msgspec.Raw) -> Any:
     }
     if bundle.entry is _UNSET:
         return value
-    try:
-        skeletons = _skeleton_bundle_decoder.decode(raw).entry
-    except msgspec.ValidationError:
-        skeletons = None  # a resource that is not an object: entry by entry
-    entries: list[dict[str, Any]] = []
-    for index, entry in enumerate(bundle.entry):
-        if entry.resource is _UNSET:
-            entries.append({})
-        elif skeletons is None:
-            entries.append({"resource": _skeleton_of(entry.resource)})
-        else:
-            skeleton = skeletons[index].resource
-            assert skeleton is not _UNSET
-            entries.append({"resource": _resource_from(skeleton, entry.resource)})
+    raws = _raw_bundle_decoder.decode(raw).entry
+    assert raws is not _UNSET and len(raws) == len(bundle.entry)
+    entries: list[Any] = bundle.entry
+    for index, (entry, raw_entry) in enumerate(zip(entries, raws, strict=True)):
+        resource = entry.resource
+        if resource is _UNSET:
+            continue
+        resource.whole = raw_entry.resource
+        if resource.resourceType == "Bundle":  # a Bundle inside a Bundle is read through
+            entries[index] = {"resource": decode_prefetch_value(raw_entry.resource)}
     value["entry"] = entries
     return value
-
-
-def _skeleton_of(raw: msgspec.Raw) -> Any:
-    try:
-        skeleton = _skeleton_decoder.decode(raw)
-    except msgspec.ValidationError:
-        return _loads(raw)  # not an object: as it is
-    return _resource_from(skeleton, raw)
-
-
-def _resource_from(skeleton: _Skeleton, raw: msgspec.Raw) -> Any:
-    if skeleton.resourceType == "Bundle":
-        return decode_prefetch_value(raw)  # a Bundle inside a Bundle is read through
-    fields = astuple(skeleton)
-    head = {name: value for name, value in zip(HEAD_MEMBERS, fields, strict=False)
-            if value is not _UNSET}
-    return SkeletonResource(head, tuple(map(bytes, fields[_HEAD_COUNT:])), raw)
 
 
 def _loads(raw: bytes | bytearray | memoryview | msgspec.Raw) -> Any:
