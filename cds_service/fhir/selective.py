@@ -259,7 +259,17 @@ def decode_hook_body(raw: bytes | bytearray | memoryview) -> Any:
     return body
 
 
-def decode_prefetch_value(raw: msgspec.Raw) -> Any:
+def decode_fhir_json(raw: bytes) -> Any:
+    """A FHIR server's answer (the fallback when prefetch is missing): a Bundle as its skeleton,
+    anything else in full. Raises :class:`MalformedJSON` when ``orjson.loads`` would."""
+    _check_utf8(raw)
+    try:
+        return decode_prefetch_value(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return _loads(raw)  # raises MalformedJSON, or decodes what orjson accepts
+
+
+def decode_prefetch_value(raw: msgspec.Raw | bytes) -> Any:
     """One prefetch value: a Bundle as its skeleton, anything else in full."""
     try:
         bundle = _bundle_decoder.decode(raw)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from cds_service.config import DEFAULT_CARDS_DIR
 from cds_service.fhir.record import PatientRecord, iter_resources, read_patient_record
 from cds_service.fhir.relevance import RelevanceFilter
-from cds_service.fhir.selective import MalformedJSON, decode_hook_body
+from cds_service.fhir.selective import MalformedJSON, decode_fhir_json, decode_hook_body
 from cds_service.fixtures import iter_fixtures
 from cds_service.knowledge.loader import load_knowledge
 from tests.conftest import NOW
@@ -169,6 +169,12 @@ def test_generated_bundles_read_the_same(prefetch: dict[str, Any]) -> None:
     body = {"hook": "patient-view", "hookInstance": "h", "context": {"patientId": PATIENT},
             "prefetch": prefetch}
     assert_same_reading(orjson.dumps(body), PATIENT)
+    # the same values fetched from a FHIR server (the fallback when prefetch is missing)
+    for value in prefetch.values():
+        full = read_patient_record([value], PATIENT, RELEVANT)
+        fetched = read_patient_record([decode_fhir_json(orjson.dumps(value))], PATIENT, RELEVANT)
+        assert (fetched.patient, fetched.by_type, fetched.stats) == (
+            full.patient, full.by_type, full.stats)
 
 
 # --- malformed JSON ---------------------------------------------------------------------------
