@@ -67,16 +67,20 @@ def read_body() -> bytes | bytearray:
     return raw
 
 
+_READ_STEP = 256 * 1024
+
+
 def _read_exactly(length: int) -> bytearray:
     """Read a body of known length into one buffer: reading it in chunks and joining them (what
-    ``get_data`` does) holds the body twice at its peak. ``request.stream`` refuses a body over
-    MAX_CONTENT_LENGTH with 413 before anything is read."""
+    ``get_data`` does) holds the body twice at its peak. Steps are bounded because gunicorn's
+    body reader buffers and copies whatever one read asks for. ``request.stream`` refuses a body
+    over MAX_CONTENT_LENGTH with 413 before anything is read."""
     stream = request.stream
     buffer = bytearray(length)
     filled = 0
     with memoryview(buffer) as view:
         while filled < length:
-            count = stream.readinto(view[filled:])
+            count = stream.readinto(view[filled:filled + _READ_STEP])
             if not count:
                 break
             filled += count
