@@ -44,11 +44,12 @@ _MODULES = {
     "ImagingStudy": "imagingstudy",
     "MedicationRequest": "medicationrequest",
 }
-# Where each type names its patient.
+# Where each type names its patient (a skeleton keeps ``subject``, see selective.py).
 _PATIENT_FIELDS = {"Condition": "subject", "Observation": "subject", "ServiceRequest": "subject",
                    "DeviceRequest": "subject", "Procedure": "subject",
                    "DiagnosticReport": "subject", "ImagingStudy": "subject",
                    "MedicationRequest": "subject"}
+assert set(_PATIENT_FIELDS.values()) == {"subject"}, "a skeleton keeps only subject's bytes"
 
 
 @cache
@@ -171,6 +172,7 @@ def read_patient_record(
     record = PatientRecord(patient_id=patient_id)
     stats = record.stats
     seen: set[tuple[str, str]] = set()
+    whose: dict[bytes, bool] = {}  # a skeleton's subject bytes: the patient's or not
     for value in values:
         for resource in iter_resources(value):
             deadline.check()
@@ -191,7 +193,15 @@ def read_patient_record(
             if not isinstance(resource_type, str) or resource_type not in _PATIENT_FIELDS:
                 stats.irrelevant += 1
                 continue
-            if not refers_to_patient(resource.get(_PATIENT_FIELDS[resource_type]), patient_id):
+            if type(resource) is Skeleton:  # decided once per distinct reference (its bytes)
+                reference_bytes = bytes(resource.subject)
+                mine = whose.get(reference_bytes)
+                if mine is None:
+                    mine = whose[reference_bytes] = refers_to_patient(
+                        resource.get("subject"), patient_id)
+            else:
+                mine = refers_to_patient(resource.get(_PATIENT_FIELDS[resource_type]), patient_id)
+            if not mine:
                 stats.other_patient += 1
                 continue
             if isinstance(rid, str):

@@ -39,7 +39,7 @@ import msgspec
 import orjson
 from msgspec.structs import astuple
 
-# Members decoded for every resource: its type, ``id`` (a Patient's identity and duplicate
+# Members read for every resource: its type, ``id`` (a Patient's identity and duplicate
 # detection) and ``subject`` (whose resource it is).
 HEAD_MEMBERS = ("resourceType", "id", "subject")
 # Members the relevance filter reads. They are kept as raw JSON: a chart repeats the same codes
@@ -71,7 +71,9 @@ class Skeleton(msgspec.Struct, gc=False):
     # is, as it would from the full decoder.
     resourceType: Any = _UNSET
     id: Any = _UNSET
-    subject: Any = _UNSET
+    # Raw: the same few references repeat (``read_patient_record`` decides once per distinct one),
+    # and thousands of decoded dicts would be most of the skeleton's memory.
+    subject: msgspec.Raw = _ABSENT
     code: msgspec.Raw = _ABSENT
     valueString: msgspec.Raw = _ABSENT
     valueCodeableConcept: msgspec.Raw = _ABSENT
@@ -88,6 +90,8 @@ class Skeleton(msgspec.Struct, gc=False):
     whole: msgspec.Raw = msgspec.field(default=_ABSENT, name="__selective_whole__")
 
     def get(self, key: str, default: Any = None) -> Any:
+        if key == "subject":
+            return default if self.subject is _ABSENT else _loads(self.subject)
         if key in HEAD_MEMBERS:
             value = getattr(self, key)
             return default if value is _UNSET else value
@@ -100,7 +104,8 @@ class Skeleton(msgspec.Struct, gc=False):
         return value
 
     def __iter__(self) -> Iterator[str]:
-        return (name for name in HEAD_MEMBERS if getattr(self, name) is not _UNSET)
+        return (name for name in HEAD_MEMBERS
+                if getattr(self, name) is not _UNSET and getattr(self, name) is not _ABSENT)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
