@@ -123,8 +123,9 @@ def machine_report() -> list[str]:
     except OSError:
         load = ""
     versions = []
-    for dist in ("flask", "werkzeug", "gunicorn", "orjson", "fhir.resources", "fhir-core",
-                 "pydantic", "pydantic-core", "jsonschema", "jinja2", "sqlalchemy", "requests"):
+    for dist in ("flask", "werkzeug", "gunicorn", "orjson", "msgspec", "fhir.resources",
+                 "fhir-core", "pydantic", "pydantic-core", "jsonschema", "jinja2", "sqlalchemy",
+                 "requests"):
         with suppress(metadata.PackageNotFoundError):
             versions.append(f"{dist} {metadata.version(dist)}")
     try:
