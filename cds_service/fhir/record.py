@@ -18,8 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import deadline
-from cds_service.fhir.selective import UNSET, Skeleton, SkeletonEntry, whole_resource
-from cds_service.fhir.selective import is_relevant as decide_relevance
+from cds_service.fhir.selective import (
+    UNSET,
+    Skeleton,
+    SkeletonEntry,
+    relevance_decider,
+    whole_resource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +178,7 @@ def read_patient_record(
     stats = record.stats
     seen: set[tuple[str, str]] = set()
     whose: dict[bytes, bool] = {}  # a skeleton's subject bytes: the patient's or not
+    decide_relevance = relevance_decider(is_relevant)
     for value in values:
         for resource in iter_resources(value):
             deadline.check()
@@ -208,7 +214,7 @@ def read_patient_record(
                 if (resource_type, rid) in seen:
                     continue  # the same resource under two prefetch keys
                 seen.add((resource_type, rid))
-            if not decide_relevance(resource, is_relevant):
+            if not decide_relevance(resource):
                 stats.irrelevant += 1
                 continue
             valid = validate(whole_resource(resource), stats)

@@ -227,23 +227,36 @@ _memos: weakref.WeakKeyDictionary[Any, _RelevanceMemo] = weakref.WeakKeyDictiona
 _memos_lock = threading.Lock()
 
 
-def is_relevant(
-    resource: Mapping[str, Any], relevance_filter: Callable[[Mapping[str, Any]], bool]
-) -> bool:
-    """``relevance_filter(resource)``; for a skeleton, from its members' bytes."""
-    if type(resource) is not Skeleton:
-        return relevance_filter(resource)
+def relevance_decider(
+    relevance_filter: Callable[[Mapping[str, Any]], bool],
+) -> Callable[[Mapping[str, Any]], bool]:
+    """``relevance_filter`` for any resource; a skeleton's answer comes from its members' bytes
+    (remembered per filter, across requests)."""
     memo = _memos.get(relevance_filter)
     if memo is None:
         with _memos_lock:
             memo = _memos.setdefault(relevance_filter, _RelevanceMemo())
-    members = resource.relevance_key()
-    key = (resource.resourceType, members)
-    answer = memo.answers.get(key)
-    if answer is None:
-        answer = relevance_filter(resource.relevance_members())
-        memo.remember(key, sum(map(len, members)), answer)
-    return answer
+    answers = memo.answers
+
+    def decide(resource: Mapping[str, Any]) -> bool:
+        if type(resource) is not Skeleton:
+            return relevance_filter(resource)
+        members = resource.relevance_key()
+        key = (resource.resourceType, members)
+        answer = answers.get(key)
+        if answer is None:
+            answer = relevance_filter(resource.relevance_members())
+            memo.remember(key, sum(map(len, members)), answer)
+        return answer
+
+    return decide
+
+
+def is_relevant(
+    resource: Mapping[str, Any], relevance_filter: Callable[[Mapping[str, Any]], bool]
+) -> bool:
+    """``relevance_filter(resource)``; for a skeleton, from its members' bytes."""
+    return relevance_decider(relevance_filter)(resource)
 
 
 class MalformedJSON(ValueError):
