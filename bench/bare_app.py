@@ -1,6 +1,7 @@
-"""The framework floor for the HTTP benchmark: a bare Flask endpoint that reads the request body
-and returns a fixed card list, served by gunicorn with the service's own settings.
-``/decode/...`` also decodes the body: a reference point for what reading the prefetch costs.
+"""The floor for the HTTP benchmark: ``/decode/...``, a bare Flask endpoint that reads the request
+body, decodes it with ``orjson.loads`` and returns a fixed card list, served by gunicorn with the
+service's own worker class and settings. ``/cds-services/...`` only reads the body: a reference
+point for what decoding costs.
 
 Run: ``gunicorn -w 2 -k gthread --threads 4 ... --chdir bench bare_app:app``. The cards come from
 the JSON file named by ``BENCH_CARDS_FILE`` (the benchmark writes the cards the real service
@@ -32,13 +33,13 @@ tune_gc()  # the service's garbage-collector settings, so that the decode refere
 
 @app.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    request.get_data(cache=False)  # read the body, as the service must
+    request.get_data(cache=False)  # read the body only: a reference, not the floor
     return Response(CARDS, status=200, mimetype="application/json")
 
 
 @app.post("/decode/cds-services/<service_id>")
 def decode_only(service_id: str) -> Response:
-    """A reference, not the floor: the bare endpoint plus orjson.loads of the body."""
+    """The floor: the bare endpoint plus orjson.loads of the body."""
     orjson.loads(request.get_data(cache=False))
     return Response(CARDS, status=200, mimetype="application/json")
 

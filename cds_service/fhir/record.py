@@ -1,7 +1,8 @@
 """Turn prefetch values into the patient's validated resources.
 
 Resources are checked cheaply first (type, patient, relevance by code) and only the survivors are
-validated with ``fhir.resources`` (its R4B models read R4 Conditions, Observations and orders).
+decoded in full (a request's prefetch arrives as skeletons, ``selective.py``) and validated with
+``fhir.resources`` (its R4B models read R4 Conditions, Observations and orders).
 A resource that fails validation is skipped and counted, never fatal.
 """
 
@@ -17,6 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from cds_service import deadline
+from cds_service.fhir.selective import (
+    UNSET,
+    Skeleton,
+    SkeletonEntry,
+    relevance_decider,
+    whole_resource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +49,12 @@ _MODULES = {
     "ImagingStudy": "imagingstudy",
     "MedicationRequest": "medicationrequest",
 }
-# Where each type names its patient.
+# Where each type names its patient (a skeleton keeps ``subject``, see selective.py).
 _PATIENT_FIELDS = {"Condition": "subject", "Observation": "subject", "ServiceRequest": "subject",
                    "DeviceRequest": "subject", "Procedure": "subject",
                    "DiagnosticReport": "subject", "ImagingStudy": "subject",
                    "MedicationRequest": "subject"}
+assert set(_PATIENT_FIELDS.values()) == {"subject"}, "a skeleton keeps only subject's bytes"
 
 
 @cache
@@ -95,6 +104,10 @@ def iter_resources(value: Any) -> Iterable[Mapping[str, Any]]:
         entries = value.get("entry")
         if isinstance(entries, list):
             for entry in entries:
+                if type(entry) is SkeletonEntry:  # a skeleton's resource is never a Bundle
+                    if entry.resource is not UNSET:
+                        yield entry.resource
+                    continue
                 # dicts (what orjson makes) skip the slower abstract-base-class check
                 if isinstance(entry, (dict, Mapping)):
                     resource = entry.get("resource")
@@ -164,15 +177,20 @@ def read_patient_record(
     record = PatientRecord(patient_id=patient_id)
     stats = record.stats
     seen: set[tuple[str, str]] = set()
+    whose: dict[bytes, bool] = {}  # a skeleton's subject bytes: the patient's or not
+    decide_relevance = relevance_decider(is_relevant)
     for value in values:
         for resource in iter_resources(value):
             deadline.check()
-            resource_type = resource.get("resourceType")
+            if type(resource) is Skeleton:  # attributes: what .get reads, minus a call
+                resource_type, rid = resource.resourceType, resource.id
+            else:
+                resource_type, rid = resource.get("resourceType"), resource.get("id")
             if resource_type == "Patient":
-                if resource.get("id") != patient_id:
+                if rid != patient_id:
                     stats.other_patient += 1
                     continue
-                valid = validate(resource, stats)
+                valid = validate(whole_resource(resource), stats)
                 if valid is None:
                     stats.invalid += 1
                     continue
@@ -181,18 +199,25 @@ def read_patient_record(
             if not isinstance(resource_type, str) or resource_type not in _PATIENT_FIELDS:
                 stats.irrelevant += 1
                 continue
-            if not refers_to_patient(resource.get(_PATIENT_FIELDS[resource_type]), patient_id):
+            if type(resource) is Skeleton:  # decided once per distinct reference (its bytes)
+                reference_bytes = bytes(resource.subject)
+                mine = whose.get(reference_bytes)
+                if mine is None:
+                    mine = whose[reference_bytes] = refers_to_patient(
+                        resource.get("subject"), patient_id)
+            else:
+                mine = refers_to_patient(resource.get(_PATIENT_FIELDS[resource_type]), patient_id)
+            if not mine:
                 stats.other_patient += 1
                 continue
-            rid = resource.get("id")
             if isinstance(rid, str):
                 if (resource_type, rid) in seen:
                     continue  # the same resource under two prefetch keys
                 seen.add((resource_type, rid))
-            if not is_relevant(resource):
+            if not decide_relevance(resource):
                 stats.irrelevant += 1
                 continue
-            valid = validate(resource, stats)
+            valid = validate(whole_resource(resource), stats)
             if valid is None:
                 stats.invalid += 1
                 continue

@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, UnsupportedMediaType
 
 from cds_service import deadline
+from cds_service.fhir.selective import MalformedJSON, decode_hook_body
 from cds_service.http.errors import error_response, operation_outcome
 from cds_service.logs import current_request_id, log_event
 from cds_service.pipeline import PrefetchUnavailable
@@ -39,12 +40,17 @@ def runtime() -> Runtime:
     return current_app.extensions["cds"]
 
 
-def json_body() -> Any:
+def read_body() -> bytes | bytearray:
+    """The request body, refused with a clear 4xx when it is not JSON or cannot be read."""
     mimetype = request.mimetype or ""
     if not (mimetype == "application/json" or mimetype.endswith("+json")):
         raise UnsupportedMediaType()
     try:
-        raw = request.get_data(cache=False)
+        length = request.content_length
+        if length is not None:
+            raw: bytes | bytearray = _read_exactly(length)
+        else:
+            raw = request.get_data(cache=False)
     except HTTPException:
         raise
     except Exception as exc:  # the server's body reader refused the framing (a bad chunk size)
@@ -56,11 +62,46 @@ def json_body() -> Any:
         # limit, it did not fit (one of exactly the limit is refused too: it cannot be told
         # apart without reading past the limit).
         raise RequestEntityTooLarge()
-    if not raw.strip():
+    if not raw or raw.isspace():  # not raw.strip(): that would copy a large body
         raise RequestError(400, "invalid-json", "request body is empty")
+    return raw
+
+
+_READ_STEP = 256 * 1024
+
+
+def _read_exactly(length: int) -> bytearray:
+    """Read a body of known length into one buffer: reading it in chunks and joining them (what
+    ``get_data`` does) holds the body twice at its peak. Steps are bounded because gunicorn's
+    body reader buffers and copies whatever one read asks for. ``request.stream`` refuses a body
+    over MAX_CONTENT_LENGTH with 413 before anything is read."""
+    stream = request.stream
+    buffer = bytearray(length)
+    filled = 0
+    with memoryview(buffer) as view:
+        while filled < length:
+            count = stream.readinto(view[filled:filled + _READ_STEP])
+            if not count:
+                break
+            filled += count
+    if filled < length:
+        del buffer[filled:]  # a client that stopped early: the decoder will say what is wrong
+    return buffer
+
+
+def json_body() -> Any:
     try:
-        return orjson.loads(raw)
+        return orjson.loads(read_body())
     except orjson.JSONDecodeError as exc:
+        raise RequestError(400, "invalid-json", "request body is not valid JSON") from exc
+
+
+def hook_body() -> Any:
+    """A hook request's body, its prefetch Bundles as skeletons (``fhir/selective.py``): most
+    of a large chart is never built as Python objects."""
+    try:
+        return decode_hook_body(read_body())
+    except MalformedJSON as exc:
         raise RequestError(400, "invalid-json", "request body is not valid JSON") from exc
 
 
@@ -75,11 +116,13 @@ def call_service(service_id: str) -> Response:
     rt = runtime()
     rt.pipeline.service(service_id)  # 404 before reading the body
     g.log_fields["service"] = service_id
-    body = json_body()
+    body = hook_body()
     if isinstance(body, dict) and isinstance(body.get("hook"), str):
         g.log_fields["hook"] = body["hook"][:64]
     try:
         result = rt.pipeline.call(service_id, body)
+    except MalformedJSON as exc:  # a resource orjson refuses although msgspec took it
+        raise RequestError(400, "invalid-json", "request body is not valid JSON") from exc
     except deadline.BudgetExceeded as exc:
         raise RequestError(
             413, "request-too-complex",

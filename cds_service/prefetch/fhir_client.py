@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import orjson
 import requests
+
+from cds_service.fhir.selective import MalformedJSON, decode_fhir_json
 
 
 class FetchFailed(Exception):
@@ -101,9 +102,9 @@ def _read_json(
             return status, None, size
         if status >= 300:
             raise FetchFailed(f"http-{status}")
-        try:
-            return status, orjson.loads(b"".join(chunks)), size
-        except orjson.JSONDecodeError as exc:
+        try:  # a searchset as skeletons: most of a chart is never built (fhir/selective.py)
+            return status, decode_fhir_json(b"".join(chunks)), size
+        except MalformedJSON as exc:
             raise FetchFailed("invalid-json") from exc
     finally:
         if complete:
