@@ -358,6 +358,7 @@ def fetch_prefetch(
     A key whose failure mode is ``omit`` and that cannot be fetched is left out (the service may
     try it itself); any other failure is a :class:`CliError`.
     """
+    from cds_service.fhir.selective import plain_json
     from cds_service.prefetch.fhir_client import FetchFailed, FetchLimits, fetch
     from cds_service.prefetch.templates import UnresolvedToken, expand
 
@@ -393,7 +394,7 @@ def fetch_prefetch(
                      f"{took:.2f} s{more}")
         else:
             progress(f"  {spec.key:<20} {value.get('resourceType')}/{value.get('id', '')}")
-        prefetch[spec.key] = value
+        prefetch[spec.key] = plain_json(value)  # sent on as JSON: no skeletons
     return prefetch
 
 

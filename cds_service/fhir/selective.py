@@ -201,6 +201,20 @@ def whole_resource(resource: Mapping[str, Any]) -> Mapping[str, Any]:
     return resource
 
 
+def plain_json(value: Any) -> Any:
+    """``value`` with every skeleton decoded in full: plain JSON again, for a caller that sends
+    what it fetched on as a request body (the CLI's prefetch) rather than reading it."""
+    if type(value) is Skeleton:
+        return whole_resource(value)
+    if type(value) is SkeletonEntry:
+        return {} if value.resource is _UNSET else {"resource": whole_resource(value.resource)}
+    if isinstance(value, dict):
+        return {key: plain_json(member) for key, member in value.items()}
+    if isinstance(value, list):
+        return [plain_json(member) for member in value]
+    return value
+
+
 class _RelevanceMemo:
     """A relevance filter's answers by the bytes of the members it reads (a pure function of
     them). Bounded by the bytes of its keys (emptied when full); a long member (free text rarely

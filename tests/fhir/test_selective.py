@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from cds_service.config import DEFAULT_CARDS_DIR
 from cds_service.fhir.record import PatientRecord, iter_resources, read_patient_record
 from cds_service.fhir.relevance import RelevanceFilter
-from cds_service.fhir.selective import MalformedJSON, decode_fhir_json, decode_hook_body
+from cds_service.fhir.selective import MalformedJSON, decode_fhir_json, decode_hook_body, plain_json
 from cds_service.fixtures import iter_fixtures
 from cds_service.knowledge.loader import load_knowledge
 from tests.conftest import NOW
@@ -268,3 +268,21 @@ def test_malformed_json_gets_the_same_400_over_http(client: Any, raw: bytes) -> 
     assert body["resourceType"] == "OperationOutcome"
     assert body["issue"][0]["details"]["coding"][0]["code"] == "invalid-json"
     assert body["issue"][0]["diagnostics"] == "request body is not valid JSON"
+
+
+def test_plain_json_gives_back_the_fetched_bundle_as_json() -> None:
+    """What the CLI fetched goes on as a request body: every resource in full, serializable."""
+    observation = {"resourceType": "Observation", "id": "o1", "status": "final",
+                   "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 2.0}}
+    inner = {"resourceType": "Bundle", "type": "collection",
+             "entry": [{"resource": {"resourceType": "Condition", "id": "c1"}}]}
+    bundle = {"resourceType": "Bundle", "type": "searchset",
+              "entry": [{"fullUrl": "urn:uuid:o1", "resource": observation}, {"resource": inner},
+                        {"search": {"mode": "match"}}]}
+    plain = plain_json(decode_fhir_json(orjson.dumps(bundle)))
+    assert orjson.loads(orjson.dumps(plain)) == plain
+    assert plain["entry"][0] == {"resource": observation}
+    assert plain["entry"][1]["resource"]["entry"] == inner["entry"]
+    assert plain["entry"][2] == {}
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female"}
+    assert plain_json(decode_fhir_json(orjson.dumps(patient))) == patient

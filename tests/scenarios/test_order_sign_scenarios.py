@@ -146,3 +146,24 @@ def test_an_order_select_request_is_refused_by_order_sign(call_service) -> None:
     request = copy.deepcopy(fixture("fires-avoid-routine-fusion-with-discectomy").request)
     request["hook"] = "order-select"
     assert call_service(SERVICE, request).status_code == 400
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p.stem.startswith("fires-")],
+                         ids=lambda p: p.stem)
+def test_order_sign_cards_say_the_order_is_about_to_be_signed(path: Path, call_service) -> None:
+    """On order-sign nothing is selected: every order card is worded for signing."""
+    _, body = run_fixture(path, "order-sign", SERVICE, call_service)
+    for card in body["cards"]:
+        text = f"{card['summary']}\n{card['detail']}"
+        assert "signed" in card["detail"], (path.stem, card["detail"])
+        assert "select" not in text.lower(), (path.stem, text)
+
+
+def test_order_select_cards_keep_saying_selected(call_service) -> None:
+    request = copy.deepcopy(fixture("fires-red-flag-afo-and-routine-mri-both-signed").request)
+    request["hook"] = "order-select"
+    request["context"]["selections"] = sorted(draft_references(request))
+    cards = call_service("foot-drop-order-select", request).get_json()["cards"]
+    assert cards
+    for card in cards:
+        assert "selected" in card["detail"].lower() and "signed" not in card["detail"]
