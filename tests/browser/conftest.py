@@ -7,11 +7,13 @@ browser tests are skipped, unless CI is set, where that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
@@ -44,11 +46,11 @@ def live_app(tmp_path_factory):
                       clock=fixed_clock(NOW))
 
 
-@pytest.fixture(scope="module")
-def live_server(live_app) -> Iterator[str]:
-    """The app under werkzeug's threaded server on 127.0.0.1, in a background thread."""
-    server = make_server("127.0.0.1", 0, live_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="preview-server", daemon=True)
+@contextlib.contextmanager
+def served(app: Any, name: str) -> Iterator[str]:
+    """``app`` under werkzeug's threaded server on an ephemeral 127.0.0.1 port, in a thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
@@ -56,6 +58,13 @@ def live_server(live_app) -> Iterator[str]:
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def live_server(live_app) -> Iterator[str]:
+    """The app under werkzeug's threaded server on 127.0.0.1, in a background thread."""
+    with served(live_app, "preview-server") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

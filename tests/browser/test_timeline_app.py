@@ -21,13 +21,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from werkzeug.serving import make_server
 
 from cds_service import cli, create_app
 from cds_service.clock import fixed_clock
 from cds_service.config import DEFAULT_SMART_APP_DIR
 from cds_service.fixtures import FIXTURES_DIR, load_fixture
-from tests.browser.conftest import unavailable
+from tests.browser.conftest import served, unavailable
 from tests.conftest import NOW
 from tests.integration.conftest import (
     FHIR_SERVER_DIR,
@@ -63,15 +62,8 @@ def app_server(tmp_path_factory) -> Iterator[str]:
     db = tmp_path_factory.mktemp("smart-app") / "cds.sqlite3"
     app = create_app({"database_url": f"sqlite:///{db}", "log_level": "WARNING",
                       "smart_connect_src": "http://127.0.0.1:*"}, clock=fixed_clock(NOW))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="smart-app-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with served(app, "smart-app-server") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -98,3 +98,18 @@ def assert_expected_actions(path: Path, cards: dict[str, dict[str, Any]]) -> Non
                  or f"{a['resource']['resourceType']}/{a['resource']['id']}" == e["resourceId"])
         ]
         assert any(all(r.get(k) == v for k, v in e["set"].items()) for r in resources), e
+
+
+# Draft-order Bundles an EHR may send that hold no order to review: 200 with no card, never 500.
+ODD_DRAFT_BUNDLES = pytest.mark.parametrize(
+    "draft_orders",
+    [
+        {"resourceType": "Bundle"},
+        {"resourceType": "Bundle", "entry": []},
+        {"resourceType": "Bundle", "type": "collection", "entry": []},
+        {"resourceType": "Bundle", "entry": [1, "x", None, {}, {"resource": "x"},
+                                              {"resource": {"resourceType": "ServiceRequest"}},
+                                              {"resource": {"id": "no-type"}}]},
+    ],
+    ids=["no-entry", "empty", "empty-with-type", "malformed-entries"],
+)

@@ -15,6 +15,7 @@ from cds_service.fhir.record import model_class
 from cds_service.fixtures import FIXTURES_DIR, Fixture, fixture_paths, load_fixture
 from tests.conftest import NOW
 from tests.scenarios.conftest import (
+    ODD_DRAFT_BUNDLES,
     actions_of,
     assert_expected_actions,
     card_ids_of,
@@ -181,18 +182,7 @@ def test_unselected_draft_orders_produce_nothing(call_service) -> None:
     assert body["cards"] == []
 
 
-@pytest.mark.parametrize(
-    "draft_orders",
-    [
-        {"resourceType": "Bundle"},
-        {"resourceType": "Bundle", "entry": []},
-        {"resourceType": "Bundle", "type": "collection", "entry": []},
-        {"resourceType": "Bundle", "entry": [1, "x", None, {}, {"resource": "x"},
-                                              {"resource": {"resourceType": "ServiceRequest"}},
-                                              {"resource": {"id": "no-type"}}]},
-    ],
-    ids=["no-entry", "empty", "empty-with-type", "malformed-entries"],
-)
+@ODD_DRAFT_BUNDLES
 def test_odd_bundles_give_no_card_and_no_error(call_service, draft_orders) -> None:
     request = copy.deepcopy(fixture("fusion-with-discectomy-disc-herniation").request)
     request["context"]["draftOrders"] = draft_orders

@@ -15,6 +15,7 @@ from cds_service.fhir.record import model_class
 from cds_service.fixtures import FIXTURES_DIR, Fixture, fixture_paths, load_fixture
 from tests.conftest import NOW
 from tests.scenarios.conftest import (
+    ODD_DRAFT_BUNDLES,
     actions_of,
     assert_expected_actions,
     card_ids_of,
@@ -112,18 +113,7 @@ def test_another_patients_order_alone_gives_no_card(call_service) -> None:
     assert card_ids_of(call_service(SERVICE, request)) == set()
 
 
-@pytest.mark.parametrize(
-    "draft_orders",
-    [
-        {"resourceType": "Bundle"},
-        {"resourceType": "Bundle", "entry": []},
-        {"resourceType": "Bundle", "type": "collection", "entry": []},
-        {"resourceType": "Bundle", "entry": [1, "x", None, {}, {"resource": "x"},
-                                              {"resource": {"resourceType": "ServiceRequest"}},
-                                              {"resource": {"id": "no-type"}}]},
-    ],
-    ids=["no-entry", "empty", "empty-with-type", "malformed-entries"],
-)
+@ODD_DRAFT_BUNDLES
 def test_odd_bundles_give_no_card_and_no_error(call_service, draft_orders) -> None:
     request = copy.deepcopy(fixture("fires-avoid-routine-fusion-with-discectomy").request)
     request["context"]["draftOrders"] = draft_orders
