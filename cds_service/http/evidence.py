@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template
 
+from cds_service.http.page_headers import harden_page
 from cds_service.knowledge.loader import Knowledge, Recommendation
 
 bp = Blueprint("evidence", __name__, template_folder="templates", static_folder="static",
@@ -87,10 +88,7 @@ def _knowledge() -> Knowledge:
 
 
 def _secure(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return harden_page(response, CSP)
 
 
 @bp.get("/evidence")

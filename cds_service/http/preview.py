@@ -34,6 +34,7 @@ from markdown_it import MarkdownIt
 
 from cds_service.fixtures import FIXTURES_DIR, fixture_paths, materialize
 from cds_service.http.errors import error_response
+from cds_service.http.page_headers import harden_page
 from cds_service.validation.request import RequestError, check
 
 bp = Blueprint("preview", __name__, template_folder="templates", static_folder="static",
@@ -147,10 +148,7 @@ def list_fixtures() -> dict[str, dict[str, Any]]:
 
 
 def _secure(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return harden_page(response, CSP)
 
 
 @bp.get("/preview")

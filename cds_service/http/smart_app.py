@@ -24,6 +24,7 @@ from werkzeug.exceptions import NotFound
 
 from cds_service import deadline
 from cds_service.http.errors import error_response
+from cds_service.http.page_headers import harden_page
 from cds_service.http.preview import render_markdown
 from cds_service.http.routes import json_body
 from cds_service.render.timeline import build_timeline, load_spec
@@ -52,11 +53,7 @@ def content_security_policy() -> str:
 
 
 def _secure(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = content_security_policy()
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    # The launch URL carries iss/launch and the redirect carries code/state: never as Referer.
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return harden_page(response, content_security_policy())
 
 
 def _app_dir() -> Path:
