@@ -21,6 +21,7 @@ feedback = Table(
     Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Index("ix_feedback_card_uuid", "card_uuid"),
+    Index("ix_feedback_received_at", "received_at"),  # the purge's cutoff (migration 0003)
 )
 
 issued_card = Table(
@@ -38,6 +39,7 @@ issued_card = Table(
     Column("evidence", Text, nullable=True),
     Index("ix_issued_card_recommendation", "recommendation_id"),
     Index("ix_issued_card_decision_key", "decision_key"),
+    Index("ix_issued_card_issued_at", "issued_at"),
 )
 
 snooze = Table(
@@ -54,6 +56,7 @@ snooze = Table(
     Column("snoozed_at", DateTime(timezone=True), nullable=False),
     Column("snoozed_until", DateTime(timezone=True), nullable=False),
     Index("ix_snooze_patient_recommendation", "patient_pseudonym", "recommendation_id"),
+    Index("ix_snooze_snoozed_until", "snoozed_until"),
 )
 
 seen_jti = Table(

@@ -177,6 +177,9 @@ def test_every_table_the_service_writes_has_a_purge_rule():
     for name, rule in PURGED.items():
         assert rule.column in tables.metadata.tables[name].c, name
         assert rule.kind in ("expired", "retention")
+        indexed = {col.name for index in tables.metadata.tables[name].indexes
+                   for col in index.columns}
+        assert rule.column in indexed, f"{name}.{rule.column}: the purge would scan the table"
 
 
 def test_purge_deletes_expired_jwt_ids_and_rows_past_the_retention(db):
