@@ -319,6 +319,11 @@ def compile_valueset(resource: Mapping[str, Any]) -> CompiledValueSet:
             exact.add((system, concept["code"]))
             if concept.get("display"):
                 displays[(system, concept["code"])] = concept["display"]
+        if len(include.get("filter", [])) > 1:
+            # FHIR combines the filters of one include with AND; the codes of several is-a
+            # filters are meant as alternatives, which FHIR writes as one include each.
+            raise ValueSetError(f"{vs_id}: one filter per include (FHIR ANDs the filters of an "
+                                "include); write each is-a as its own include")
         for flt in include.get("filter", []):
             if flt.get("op") != "is-a" or flt.get("property") != "concept":
                 raise ValueSetError(f"{vs_id}: only 'concept is-a' filters are supported")

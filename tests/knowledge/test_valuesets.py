@@ -334,3 +334,26 @@ def test_text_pattern_matches(vs_id: str, text: str):
 @pytest.mark.parametrize(("vs_id", "text"), NEGATIVE)
 def test_text_pattern_does_not_match(vs_id: str, text: str):
     assert not _matches(vs_id, text)
+
+
+def test_an_include_with_two_filters_is_refused_at_load():
+    """FHIR ANDs the filters of one include (a code would have to be under I63 *and* I61), so a
+    reviewer's list of alternatives written that way would match nothing in a FHIR terminology
+    server while matching either here: the loader refuses it and asks for one include each."""
+    from cds_service.knowledge.valuesets import ValueSetError, compile_valueset
+
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    is_a = [{"property": "concept", "op": "is-a", "value": v} for v in ("I63", "I61")]
+    resource = {"resourceType": "ValueSet", "id": "two-filters", "status": "active",
+                "compose": {"include": [{"system": icd, "filter": is_a}]}}
+    with pytest.raises(ValueSetError, match="one filter per include"):
+        compile_valueset(resource)
+    resource["compose"]["include"] = [{"system": icd, "filter": [f]} for f in is_a]
+    stroke = compile_valueset(resource)
+    assert stroke.prefixes[icd] == ("I63", "I61")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_include_has_at_most_one_filter(path: Path):
+    include = json.loads(path.read_text()).get("compose", {}).get("include", [])
+    assert all(len(i.get("filter", [])) <= 1 for i in include)
