@@ -94,6 +94,7 @@ class _Extraction(FindingsMixin, CausesMixin, RedFlagsMixin, DoneMixin, RenalMix
         self._already_done()
         self._renal()
         v["age_years"] = self._age()
+        v["patient_deceased"] = self._deceased()
 
         return PatientFacts(
             patient_id=self.record.patient_id,
@@ -103,6 +104,10 @@ class _Extraction(FindingsMixin, CausesMixin, RedFlagsMixin, DoneMixin, RenalMix
             labs=tuple(self.labs),
             **v,
         )
+
+    def _deceased(self) -> bool:
+        patient = self.record.patient or {}
+        return patient.get("deceasedBoolean") is True or bool(patient.get("deceasedDateTime"))
 
     def _age(self) -> int | None:
         patient = self.record.patient or {}

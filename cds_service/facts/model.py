@@ -121,6 +121,8 @@ class PatientFacts:
     patient_id: str
     now: datetime
     age_years: int | None = None
+    # Patient.deceased[x]: a chart opened after death (records review) gets no pathway card.
+    patient_deceased: bool = False
 
     # Foot drop
     has_foot_drop: bool = False

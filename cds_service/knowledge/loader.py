@@ -145,6 +145,8 @@ class Knowledge:
     sources: Mapping[str, Source]
     version: str
     snooze_returned_note: str = ""
+    # config.yaml applies_when: no recommendation of any hook fires unless it holds.
+    applies: CompiledCondition | None = None
 
     def recommendation(self, rec_id: str, hook: str | None = None) -> Recommendation | None:
         """The recommendation with this id (and hook: ids repeat between patient-view and the
@@ -229,7 +231,17 @@ def load_knowledge(root: Path) -> Knowledge:
         sources=sources,
         version=knowledge_version(root),
         snooze_returned_note=_checked_note(snooze_default.get("returned_note")),
+        applies=_compile_applies(config.get("applies_when")),
     )
+
+
+def _compile_applies(condition: Any) -> CompiledCondition | None:
+    if condition is None:
+        return None
+    try:
+        return compile_condition(condition, PATIENT_FACT_NAMES, "config.yaml applies_when")
+    except ConditionError as exc:
+        raise KnowledgeError(f"config.yaml applies_when: {exc}") from exc
 
 
 def knowledge_version(root: Path) -> str:

@@ -48,6 +48,8 @@ def evaluate(
     selected_orders: Sequence[SelectedOrder] = (),
 ) -> list[RuleMatch]:
     matches: list[RuleMatch] = []
+    if knowledge.applies is not None and not knowledge.applies(FactView(facts)):
+        return matches
     for rec in knowledge.for_hook(hook):
         views = (
             [FactView(facts, order) for order in selected_orders]

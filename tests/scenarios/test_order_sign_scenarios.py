@@ -157,3 +157,19 @@ def test_order_select_cards_keep_saying_selected(call_service) -> None:
     assert cards
     for card in cards:
         assert "selected" in card["detail"].lower() and "signed" not in card["detail"]
+
+
+@pytest.mark.parametrize("deceased", [{"deceasedBoolean": True},
+                                      {"deceasedDateTime": "2026-11-01"}])
+def test_no_order_card_for_a_patient_recorded_as_deceased(call_service, deceased) -> None:
+    """config.yaml applies_when: a chart reviewed after death gets no card, on every hook."""
+    request = copy.deepcopy(fixture("fires-dalfampridine-seizure-sandbox-rx-sign-shape").request)
+    assert card_ids_of(call_service(SERVICE, request)) == {"dalfampridine-safety"}
+    request["prefetch"]["patient"].update(deceased)
+    assert card_ids_of(call_service(SERVICE, request)) == set()
+
+
+def test_deceased_false_changes_nothing(call_service) -> None:
+    request = copy.deepcopy(fixture("fires-dalfampridine-seizure-sandbox-rx-sign-shape").request)
+    request["prefetch"]["patient"]["deceasedBoolean"] = False
+    assert card_ids_of(call_service(SERVICE, request)) == {"dalfampridine-safety"}
