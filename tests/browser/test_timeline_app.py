@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     FhirServerUnavailable,
     start_fhir_server,
 )
+from tests.processes import stop_process
 
 PATIENT = "fd-pv-progressive"
 FIXTURE = FIXTURES_DIR / "patient-view" / "fires-urgent-progressive-weakness-3minus.json"
@@ -106,12 +107,7 @@ def auth_server(app_server: str, fhir: FhirServer) -> Iterator[dict[str, Any]]:
             assert response.status == 204
         yield ready
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, 5)
         if proc.stdout is not None:
             proc.stdout.close()
 

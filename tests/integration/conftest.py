@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_process
+
 FHIR_SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
 FHIR_SERVER_SCRIPT = FHIR_SERVER_DIR / "server.mjs"
 STARTUP_TIMEOUT_S = 60.0
@@ -77,13 +79,7 @@ class FhirServer:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 5)
         for thread in self._threads:  # they end at EOF; closing pipes under them would raise
             thread.join(timeout=5)
         for stream in (self.proc.stdout, self.proc.stderr):

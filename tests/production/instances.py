@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from cds_service.config import PROJECT_ROOT
+from tests.processes import stop_process
 from tests.robustness.conftest import free_port
 
 STARTUP_TIMEOUT_S = 60.0
@@ -38,13 +39,7 @@ class Instance:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 30, force=lambda: os.killpg(self.proc.pid, signal.SIGKILL))
 
 
 def launch(tmp: Path, name: str, env: dict[str, str], *, workers: int = 2,
@@ -88,13 +83,7 @@ class Haproxy:
     log_path: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 10)
 
 
 def haproxy_binary() -> str:

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from cds_service.config import PROJECT_ROOT
+from tests.processes import stop_process
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -34,13 +35,7 @@ class LiveServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # gunicorn: graceful shutdown of the master and its workers
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 15)  # gunicorn: graceful shutdown of the master and workers
 
 
 def free_port() -> int:
