@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -142,18 +143,13 @@ class Pipeline:
                    else SnoozeOutcome(list(matches)))
         matches = snoozes.kept
         lap("snooze")
-        rendered = render_cards(
-            matches, self.knowledge,
+        rendered = self._render(
+            matches,
             RenderContext(request.patient_id, request.user_id, request.encounter_id, now,
                           public_base_url=self.settings.public_base_url,
                           hook=service.hook),
+            snoozes.returned,
         )
-        for card in rendered:
-            note = snoozes.returned.get(card.recommendation_id)
-            if note:
-                card.card["detail"] = f"{note}\n\n{card.card['detail']}"
-        if service.hook == "patient-view":
-            self._link_timeline(rendered)
         body_out: dict[str, Any] = {"cards": [r.card for r in rendered]}
         lap("render")
         if self.settings.validate_responses:
@@ -184,9 +180,19 @@ class Pipeline:
             bookkeeping_skipped=not recorded,
         )
 
-    def _link_timeline(self, rendered: list[RenderedCard]) -> None:
-        label = load_spec(self.settings.cards_dir).smart_link_label
-        add_timeline_link((r.card for r in rendered), self.settings.public_base_url, label)
+    def _render(self, matches: list[RuleMatch], ctx: RenderContext,
+                returned_notes: Mapping[str, str] | None = None) -> list[RenderedCard]:
+        """Cards from the matches, as every caller shows them: a snoozed critical card shown
+        again says so first, and patient-view cards open the timeline app."""
+        rendered = render_cards(matches, self.knowledge, ctx)
+        for card in rendered:
+            note = (returned_notes or {}).get(card.recommendation_id)
+            if note:
+                card.card["detail"] = f"{note}\n\n{card.card['detail']}"
+        if ctx.hook == "patient-view":
+            label = load_spec(self.settings.cards_dir).smart_link_label
+            add_timeline_link((r.card for r in rendered), self.settings.public_base_url, label)
+        return rendered
 
     def patient_view_from_resources(
         self, patient_id: str, resources: list[Any]
@@ -202,11 +208,8 @@ class Pipeline:
             record = read_patient_record(resources, patient_id, self.relevant)
             facts = self.extractor.extract(record, now)
         matches = evaluate(self.knowledge, hook, facts, [])
-        rendered = render_cards(matches, self.knowledge,
-                                RenderContext(patient_id, None, None, now,
-                                              public_base_url=self.settings.public_base_url,
-                                              hook="patient-view"))
-        self._link_timeline(rendered)
+        rendered = self._render(matches, RenderContext(
+            patient_id, None, None, now, public_base_url=self.settings.public_base_url, hook=hook))
         if self.settings.validate_responses:
             check_response({"cards": [r.card for r in rendered]})
         return facts, rendered
